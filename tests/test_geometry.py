@@ -1,0 +1,63 @@
+"""The shared frames: projections invert each other, crops follow the documented formula."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from shards import geometry
+
+
+def _rotation_z(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_project_unproject_round_trip(kind):
+    points = np.array([[10.0, -25.0, 700.0], [-80.0, 40.0, 950.0]])
+    if kind == "torch":
+        points = torch.tensor(points)
+    uvz = geometry.project(points)
+    back = geometry.unproject(uvz)
+    assert type(back) is type(points)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(points), atol=1e-9)
+
+
+def test_project_principal_point_and_focal():
+    uvz = geometry.project(np.array([[0.0, 0.0, 500.0], [100.0, 50.0, 1000.0]]))
+    k = geometry.NYU_INTRINSICS
+    np.testing.assert_allclose(uvz[0], [k.cx, k.cy, 500.0])
+    np.testing.assert_allclose(uvz[1], [k.cx + 0.1 * k.fx, k.cy + 0.05 * k.fy, 1000.0])
+
+
+def test_crop_pixels_formula_and_inverse():
+    points = np.array([[0.0, 0.0, 5.0], [150.0, -150.0, -20.0], [-75.0, 30.0, 0.0]])
+    pixels = geometry.crop_to_pixels(points, size=64, cube_mm=300.0)
+    np.testing.assert_allclose(pixels[0], [32.0, 32.0, 5.0])
+    np.testing.assert_allclose(pixels[1], [64.0, 0.0, -20.0])
+    np.testing.assert_allclose(pixels[2], [-75 * 64 / 300 + 32, 30 * 64 / 300 + 32, 0.0])
+    np.testing.assert_allclose(geometry.pixels_to_crop(pixels, size=64, cube_mm=300.0), points, atol=1e-12)
+    assert geometry.background_depth(300.0) == 150.0
+
+
+def test_nyu_y_up_flip_is_its_own_inverse():
+    xyz = np.array([[1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(geometry.nyu_xyz_to_camera(xyz), [[1.0, -2.0, 3.0]])
+    np.testing.assert_allclose(geometry.nyu_xyz_to_camera(geometry.nyu_xyz_to_camera(xyz)), xyz)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_rigid_transforms_compose_and_invert(kind):
+    rotation = _rotation_z(0.7)
+    translation = np.array([5.0, -3.0, 12.0])
+    points = np.random.default_rng(0).normal(size=(2, 7, 3)) * 50
+    if kind == "torch":
+        rotation, translation, points = (torch.tensor(a) for a in (rotation, translation, points))
+    transform = geometry.make_transform(rotation, translation)
+    moved = geometry.transform_points(transform, points)
+    expected = np.asarray(points) @ np.asarray(rotation).T + np.asarray(translation)
+    np.testing.assert_allclose(np.asarray(moved), expected, atol=1e-9)
+    back = geometry.transform_points(geometry.invert_transform(transform), moved)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(points), atol=1e-9)
