@@ -1,0 +1,106 @@
+"""Stacked hourglass network: shapes, soft-argmax decoding, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shards.geometry import pixels_to_crop
+from train.network import (NetworkConfig, NetworkOutput, build_network, cell_centres, decode_joints,
+                           spatial_softmax)
+
+TINY = NetworkConfig(stacks=1, width=16)
+
+
+@pytest.mark.parametrize("cfg, size, num_spheres", [
+    (TINY, 64, 41),
+    (NetworkConfig(stacks=2, width=16), 64, 41),
+    (NetworkConfig(stacks=3, width=8, hourglass_depth=1, blocks=2), 32, 5),
+])
+def test_output_shapes(cfg: NetworkConfig, size: int, num_spheres: int) -> None:
+    net = build_network(cfg, num_spheres=num_spheres, size=size)
+    out = net(torch.rand(3, 1, size, size) * 300 - 150)
+    grid = size // 4
+    assert len(out.heatmaps) == len(out.depthmaps) == len(out.logits) == len(out.stack_joints) == cfg.stacks
+    for heatmap, depthmap in zip(out.heatmaps, out.depthmaps):
+        assert heatmap.shape == depthmap.shape == (3, num_spheres, grid, grid)
+        torch.testing.assert_close(heatmap.sum(dim=(-2, -1)), torch.ones(3, num_spheres))
+    assert out.joints.shape == (3, num_spheres, 3)
+    torch.testing.assert_close(out.joints, out.stack_joints[-1])
+
+
+def test_default_config_is_the_prototype_size() -> None:
+    cfg = NetworkConfig()
+    assert (cfg.stacks, cfg.width, cfg.hourglass_depth, cfg.softmax_temperature) == (2, 128, 2, 20.0)
+
+
+def test_bad_input_shape_is_named() -> None:
+    net = build_network(TINY)
+    with pytest.raises(ValueError, match=r"\(B, 1, 64, 64\)"):
+        net(torch.zeros(2, 64, 64))
+
+
+def test_bad_config_is_named() -> None:
+    with pytest.raises(ValueError, match="model.stacks"):
+        NetworkConfig(stacks=0)
+
+
+def test_soft_argmax_of_one_hot_heatmap_is_the_cell_centre() -> None:
+    size, cube, grid = 64, 300.0, 16
+    heatmap = torch.zeros(1, 3, grid, grid)
+    cells = [(0, 0), (5, 11), (15, 7)]  # (row, column)
+    for joint, (row, col) in enumerate(cells):
+        heatmap[0, joint, row, col] = 1.0
+    depthmap = torch.full((1, 3, grid, grid), 999.0)
+    for joint, (row, col) in enumerate(cells):
+        depthmap[0, joint, row, col] = 10.0 * joint - 7.0
+    joints = decode_joints(heatmap, depthmap, cell_centres(size, grid), size, cube)
+    cell = size / grid
+    expected = torch.tensor([[(col + 0.5) * cell, (row + 0.5) * cell, 10.0 * j - 7.0]
+                             for j, (row, col) in enumerate(cells)])
+    torch.testing.assert_close(joints[0], pixels_to_crop(expected, size, cube))
+    # The centre of the crop (x = y = 0) lies between cells 7 and 8.
+    assert abs(pixels_to_crop(torch.tensor([8 * cell, 8 * cell, 0.0]), size, cube)).sum() == 0
+
+
+def test_peaked_softmax_decodes_close_to_the_peak() -> None:
+    scores = torch.zeros(1, 1, 16, 16)
+    scores[0, 0, 4, 9] = 1.0
+    joints = decode_joints(spatial_softmax(scores, 20.0), torch.zeros(1, 1, 16, 16), cell_centres(64, 16), 64, 300)
+    target = pixels_to_crop(torch.tensor([9.5 * 4, 4.5 * 4, 0.0]), 64, 300.0)
+    assert torch.allclose(joints[0, 0], target, atol=1e-3)
+
+
+def test_symmetric_heatmap_decodes_between_cells() -> None:
+    heatmap = torch.zeros(1, 1, 16, 16)
+    heatmap[0, 0, 3, 4] = heatmap[0, 0, 3, 5] = 0.5
+    joints = decode_joints(heatmap, torch.zeros_like(heatmap), cell_centres(64, 16), 64, 300)
+    assert torch.allclose(joints[0, 0], pixels_to_crop(torch.tensor([5.0 * 4, 3.5 * 4, 0.0]), 64, 300.0))
+
+
+def test_gradients_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(stacks=2, width=16))
+    out = net(torch.rand(2, 1, 64, 64) * 100)
+    loss = out.joints.pow(2).mean() + sum(l.pow(2).mean() for l in out.logits)
+    loss.backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    assert sum(p.grad.abs().sum() for p in net.parameters()) > 0
+
+
+def test_input_is_scaled_inside() -> None:
+    # Depth in mm of realistic magnitude must not blow the activations up (scaled by 1/100 inside).
+    net = build_network(TINY).eval()
+    with torch.no_grad():
+        out = net(torch.full((1, 1, 64, 64), 150.0))
+    assert torch.isfinite(out.joints).all() and out.logits[0].abs().max() < 100
+
+
+def test_narrow_splits_every_field() -> None:
+    net = build_network(NetworkConfig(stacks=2, width=16))
+    out = net(torch.rand(5, 1, 64, 64))
+    part = out.narrow(2, 3)
+    assert isinstance(part, NetworkOutput) and part.joints.shape[0] == 3
+    assert all(t.shape[0] == 3 for t in part.heatmaps + part.depthmaps + part.logits + part.stack_joints)
+    torch.testing.assert_close(part.joints, out.joints[2:])

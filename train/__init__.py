@@ -1,0 +1,1 @@
+"""Training: network, losses, pose prior, synthesis, the distributed loop, checkpoints and evaluation."""
