@@ -1,0 +1,111 @@
+"""Config loading: YAML into the typed tree, dotted overrides, strict keys and types, CLI exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train.config import ConfigError, TrainConfig, dump_config, load_config, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_every_shipped_config_loads():
+    assert {p.name for p in CONFIGS} >= {"ci.yaml", "synthetic.yaml", "selfsup.yaml"}
+    for path in CONFIGS:
+        cfg = load_config(path)
+        assert isinstance(cfg, TrainConfig)
+    selfsup = load_config(ROOT / "configs/selfsup.yaml")
+    assert all(term.enabled for term in selfsup.loss.terms().values()), "selfsup.yaml turns every term on"
+
+
+def test_yaml_and_overrides_apply_with_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run: {steps: 7}\noptim: {lr: 1}\nloss: {projection: {weight: 3}}\n")
+    cfg = load_config(path, ["run.dir=007", "optim.decay_at=[0.5]", "loss.prior.enabled=false",
+                             "data.real=null", "optim.grad_clip=2", "model.width=8"])
+    assert cfg.run.steps == 7
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # ints widen to float
+    assert cfg.loss.projection.weight == 3.0
+    assert cfg.run.dir == "007"  # a string field keeps the text as typed
+    assert cfg.optim.decay_at == [0.5]
+    assert cfg.loss.prior.enabled is False
+    assert cfg.data.real is None
+    assert cfg.optim.grad_clip == 2.0
+    assert cfg.model.width == 8
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs/ci.yaml", ["run.steps=3"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("override, key, suggestion", [
+    ("data.synthtic=x", "data.synthtic", "data.synthetic"),
+    ("loss.projection.wieght=1", "loss.projection.wieght", "loss.projection.weight"),
+    ("optim.weight_decy=0", "optim.weight_decy", "optim.weight_decay"),
+])
+def test_unknown_override_names_key_and_suggests(override, key, suggestion):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert repr(key) in str(info.value) and repr(suggestion) in str(info.value)
+
+
+def test_unknown_yaml_key_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run:\n  stpes: 10\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "'run.stpes'" in message and "'run.steps'" in message and "bad.yaml" in message
+
+
+@pytest.mark.parametrize("override, key", [
+    ("run.steps=ten", "run.steps"), ("optim.lr=fast", "optim.lr"), ("loss.prior.enabled=3", "loss.prior.enabled"),
+    ("run.steps=1.5", "run.steps"), ("optim.decay_at=0.5", "optim.decay_at"), ("model.width=true", "model.width"),
+])
+def test_wrong_type_names_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert repr(key) in str(info.value)
+
+
+def test_section_checks_become_config_errors():
+    with pytest.raises(ConfigError, match="model.width"):
+        load_config(None, ["model.width=7"])  # NetworkConfig's own check: width must be even
+
+
+def test_validate_checks_data_and_choices(tmp_path):
+    with pytest.raises(ConfigError, match="no training data"):
+        validate(load_config(None))
+    with pytest.raises(ConfigError, match="'data.synthetic'"):
+        validate(load_config(None, [f"data.synthetic={tmp_path / 'missing'}"]))
+    with pytest.raises(ConfigError, match="'optim.amp'"):
+        validate(load_config(None, [f"data.synthetic={tmp_path}", "optim.amp=fp8"]))
+
+
+def test_cli_exits_nonzero_naming_misspelled_key():
+    result = run_cli("--config", "configs/ci.yaml", "data.synthetc=/tmp/x")
+    assert result.returncode != 0
+    assert "'data.synthetc'" in result.stderr and "'data.synthetic'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_exits_nonzero_naming_wrong_type(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"run": {"steps": "many"}}))
+    result = run_cli("--config", str(bad))
+    assert result.returncode != 0 and "'run.steps'" in result.stderr
+    assert "Traceback" not in result.stderr

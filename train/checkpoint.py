@@ -1,0 +1,185 @@
+"""One object owns checkpoints: interval, keep-last-k, atomic write, resume from the newest.
+
+A checkpoint file ``RUN/checkpoints/step-000001234.pt`` is a ``torch.save`` of plain data only
+(tensors, ints, floats, strings, lists, dicts; RNG states as tensors), so
+``torch.load(path, weights_only=True)`` reads it::
+
+    {"step": int, "model": network state_dict (no "module." prefix), "config": resolved config dict,
+     "optimizer": ..., "scheduler": ..., "scaler": ..., "rng": [per-rank RNG state, indexed by rank],
+     "data": {"step": int, "batches_per_epoch": int}, "world_size": int}
+
+Rank 0 writes to a temporary file and renames it, so a checkpoint counts only when complete. Saving
+is collective (every rank contributes its RNG state), so every rank calls :meth:`Checkpointer.save`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from train.distributed import all_gather_objects, barrier
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d{9})\.pt$")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many stay."""
+
+    every: int = 500  # steps between checkpoints (the last step and a preemption always save; 0: only those)
+    keep: int = 3  # newest checkpoints kept on disk
+    resume: bool = True  # resume from the newest checkpoint in RUN/checkpoints when there is one
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# RNG state as weights_only-safe data.
+
+
+def get_rng_state() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and Python RNG states as tensors and plain numbers."""
+    version, py_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return directory / f"step-{step:09d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``directory``, oldest first (temporary files are not listed)."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+
+
+class Checkpointer:
+    """Saves and restores the training state of one run directory.
+
+    ``states`` names the objects to restore ("model" must be the unwrapped network; "optimizer",
+    "scheduler", "scaler" as present); ``config`` is the resolved config as plain data.
+    """
+
+    def __init__(self, cfg: CheckpointConfig, directory: Path, *, states: dict[str, Stateful],
+                 config: dict[str, Any], rank: int, world_size: int, seed: int,
+                 batches_per_epoch: int) -> None:
+        self.cfg = cfg
+        self.directory = Path(directory)
+        self.states = states
+        self.config = config
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.batches_per_epoch = batches_per_epoch
+        self.last_saved: int | None = None
+
+    def should_save(self, step: int, *, last: bool = False) -> bool:
+        if step == self.last_saved:
+            return False
+        return last or (self.cfg.every > 0 and step % self.cfg.every == 0)
+
+    def save(self, step: int, *, last: bool = False) -> Path | None:
+        """Write a checkpoint when due (collective: call on every rank at the same steps)."""
+        if not self.should_save(step, last=last):
+            return None
+        rng = all_gather_objects(get_rng_state())
+        path = checkpoint_path(self.directory, step)
+        if self.rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            obj = {"step": step, "config": self.config, "rng": rng, "world_size": self.world_size,
+                   "data": {"step": step, "batches_per_epoch": self.batches_per_epoch}}
+            obj.update({name: state.state_dict() for name, state in self.states.items()})
+            _atomic_save(obj, path)
+            self._prune()
+            log.info("saved checkpoint %s", path)
+        barrier()  # no rank leaves (or exits) before the checkpoint is complete
+        self.last_saved = step
+        return path
+
+    def _prune(self) -> None:
+        for _, old in list_checkpoints(self.directory)[:-max(self.cfg.keep, 1)]:
+            old.unlink(missing_ok=True)
+
+    def load(self) -> int:
+        """Restore from the newest readable checkpoint; the step to continue from (0 if none)."""
+        if not self.cfg.resume:
+            return 0
+        for step, path in reversed(list_checkpoints(self.directory)):
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # a damaged file: fall back to the previous one
+                log.warning("cannot read checkpoint %s (%s); trying an older one", path, exc)
+                continue
+            self._restore(obj)
+            self.last_saved = step
+            log.info("resumed from %s at step %d", path, step)
+            return int(obj["step"])
+        return 0
+
+    def _restore(self, obj: dict[str, Any]) -> None:
+        for name, state in self.states.items():
+            if name not in obj:
+                raise KeyError(f"checkpoint lacks {name!r}; saved keys: {sorted(obj)}")
+            state.load_state_dict(obj[name])
+        rng = obj.get("rng") or []
+        if obj.get("world_size") == self.world_size and self.rank < len(rng):
+            set_rng_state(rng[self.rank])
+        else:  # another world size: per-rank streams cannot continue, so start fresh ones deterministically
+            seed_everything(self.seed + self.rank + 1_000_003 * int(obj["step"]))

@@ -1,0 +1,97 @@
+"""Training data streams: endless, per-rank, and a pure function of (seed, rank, step) so resume is exact.
+
+``shards.reader.make_loader`` yields exactly ``batches_per_epoch`` batches per epoch on every rank
+(uneven streams would hang DDP). A :class:`BatchStream` opens one loader per epoch, seeded from
+(run seed, epoch, rank), so the batch consumed at step ``s`` is always batch ``s % batches_per_epoch``
+of epoch ``s // batches_per_epoch``. Resuming at step ``s`` reopens that epoch and skips the batches
+already consumed: the data position is the step count and needs nothing else in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Shard sources and per-rank batch sizes."""
+
+    real: str | None = None  # NYU shards root holding train/ and test/ (None: no real data, no real loss terms)
+    synthetic: str | None = None  # synthetic pose shards dir (None: real-only fine-tuning)
+    real_batch: int = 4  # real frames per rank and step (each frame gives 3 view images)
+    synthetic_batch: int = 16  # synthetic samples per rank and step
+    batches_per_epoch: int = 500  # batches per loader epoch and rank; resume reopens the epoch and skips
+    num_workers: int = 2  # loader worker processes per rank and source
+    size: int = 64  # crop size S in pixels (must match the shards)
+    cube: float = 300.0  # crop cube edge in mm (must match the shards)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A well-mixed loader seed for one epoch of one rank (the same on a resumed run)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+class BatchStream:
+    """Endless batches of one shard source for this rank; :meth:`start` positions it at a step."""
+
+    def __init__(self, source: str | Path, *, batch_size: int, batches_per_epoch: int, num_workers: int,
+                 seed: int, rank: int) -> None:
+        if not Path(source).is_dir():
+            raise FileNotFoundError(f"shard source {str(source)!r} is not a directory")
+        self.source = str(source)
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.num_workers = num_workers
+        self.seed = seed
+        self.rank = rank
+        self._iterator: Iterator[dict[str, Any]] | None = None
+        self._epoch = 0
+        self._offset = 0
+
+    def _open(self, epoch: int) -> None:
+        from shards.reader import make_loader
+
+        loader = make_loader(self.source, batch_size=self.batch_size, batches_per_epoch=self.batches_per_epoch,
+                             num_workers=self.num_workers, seed=epoch_seed(self.seed, epoch, self.rank),
+                             resampled=True)
+        self._iterator = iter(loader)
+        self._epoch, self._offset = epoch, 0
+
+    def start(self, step: int) -> None:
+        """Position the stream so the next batch is the one an uninterrupted run uses at ``step``."""
+        self._open(step // self.batches_per_epoch)
+        for _ in range(step % self.batches_per_epoch):
+            self.next()
+
+    def next(self) -> dict[str, Any]:
+        if self._iterator is None:
+            self.start(0)
+        if self._offset >= self.batches_per_epoch:
+            self._open(self._epoch + 1)
+        try:
+            batch = next(self._iterator)  # type: ignore[arg-type]
+        except StopIteration as exc:
+            raise RuntimeError(f"{self.source}: loader ended after {self._offset} of {self.batches_per_epoch} "
+                               "batches in an epoch (every rank must get the same number)") from exc
+        self._offset += 1
+        return batch
+
+
+def build_streams(cfg: DataConfig, *, seed: int, rank: int) -> tuple[BatchStream | None, BatchStream | None]:
+    """(synthetic, real) streams; None for a source that is absent or has batch size 0."""
+    common = dict(batches_per_epoch=cfg.batches_per_epoch, num_workers=cfg.num_workers, rank=rank)
+    synthetic = real = None
+    if cfg.synthetic and cfg.synthetic_batch > 0:
+        synthetic = BatchStream(cfg.synthetic, batch_size=cfg.synthetic_batch, seed=seed, **common)
+    if cfg.real and cfg.real_batch > 0:
+        real = BatchStream(Path(cfg.real) / "train", batch_size=cfg.real_batch, seed=seed + 1, **common)
+    if synthetic is None and real is None:
+        raise ValueError("no training data: set data.synthetic and/or data.real (with a batch size > 0)")
+    return synthetic, real
