@@ -1,0 +1,15 @@
+"""Depth rendering for the hand pipeline: a triangle depth rasterizer (CUDA kernel, CPU C++ kernel, pure
+torch reference) and a differentiable analytic sphere renderer.
+
+- :func:`rasterize` (vertices (B, V, 3) float32, faces (F, 3) int) -> (B, H, W) float32 depth.
+- :func:`render_spheres` (centers (B, N, 3), radii (N,) or (B, N)) -> (B, H, W) depth, differentiable.
+- :func:`available_backends` lists the rasterizer backends that work here.
+
+The compiled kernels build on first use with ninja into a per-machine cache (``$SPHERE_HAND_CACHE`` or
+``~/.cache/sphere_hand``); ``python -m renderer_cuda build`` prebuilds them.
+"""
+
+from .rasterize import BACKENDS, available_backends, rasterize
+from .spheres import render_spheres
+
+__all__ = ["BACKENDS", "available_backends", "rasterize", "render_spheres"]

@@ -1,0 +1,13 @@
+// CPU rasterization kernel: plain C++, no torch. The torch binding (torch_rasterize.cpp) runs the work
+// items in parallel; each work item owns a band of rows of one image, so it needs no atomics.
+#pragma once
+
+#include "raster_math.h"
+
+namespace sphere_hand {
+
+// Clears and rasterizes rows [row_begin, row_end) of image `b` into p.depth_bits, then resolves those
+// rows to float depth in `out` (same layout as p.depth_bits).
+void rasterize_cpu_band(const RasterParams& p, int b, int row_begin, int row_end, float background, float* out);
+
+}  // namespace sphere_hand
