@@ -1,0 +1,108 @@
+"""On-the-fly synthetic depth: pose shards -> skinned mesh -> rasterized crop -> sensor noise.
+
+Every rank renders its own batch on its own device. The sensor-noise parameters come with each
+sample (``shards.format.SYNTHETIC_AUGMENT_FIELDS``) and the noise is drawn from a generator seeded
+by the sample's ``noise_seed``, so a sample renders to the same depth on every run, rank and device.
+
+Crop jitter: a jitter of ``(jx, jy)`` pixels moves the crop window, i.e. the crop centre moves by
+``(jx, jy) * cube / S`` mm, so the hand and its keypoints both move by minus that in the crop frame.
+Shifting the mesh and the keypoints by the same offset keeps image and label consistent (sub-pixel
+jitter included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hand import HandModel
+from renderer_cuda import rasterize
+from shards.format import SYNTHETIC_AUGMENT_FIELDS
+from shards.geometry import background_depth, crop_to_pixels
+
+_FIELD = {name: i for i, name in enumerate(SYNTHETIC_AUGMENT_FIELDS)}
+
+
+@dataclass
+class SynthesisConfig:
+    """Rendering of synthetic training depth."""
+
+    supersample: int = 1  # rasterizer supersampling factor per axis (1: one sample per pixel)
+    backend: str = "auto"  # rasterizer backend: "auto", "cuda", "cpu" or "torch"
+
+
+def jitter_offset_mm(augment: torch.Tensor, size: int, cube_mm: float) -> torch.Tensor:
+    """(B, 3) crop-centre displacement in mm for the augment rows' pixel jitter (z unchanged)."""
+    pixels = augment[:, [_FIELD["jitter_x_px"], _FIELD["jitter_y_px"]]]
+    offset = torch.zeros(augment.shape[0], 3, dtype=augment.dtype, device=augment.device)
+    offset[:, :2] = pixels * (cube_mm / size)
+    return offset
+
+
+def sensor_noise(augment: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (B, S, S) depth noise in mm and hole mask, drawn on the CPU from each noise_seed.
+
+    Drawing on the CPU makes a sample's noise identical on every device; it is B*S*S numbers, cheap.
+    """
+    noise, holes = [], []
+    for row in augment.detach().cpu():
+        generator = torch.Generator().manual_seed(int(row[_FIELD["noise_seed"]].item()))
+        noise.append(torch.randn(size, size, generator=generator) * float(row[_FIELD["depth_noise_mm"]]))
+        holes.append(torch.rand(size, size, generator=generator) < float(row[_FIELD["hole_fraction"]]))
+    return torch.stack(noise), torch.stack(holes)
+
+
+class Synthesizer:
+    """Renders synthetic shard batches to (depth (B,1,S,S) mm, keypoints (B,41,3) mm, crop frame)."""
+
+    def __init__(self, hand: HandModel, *, size: int, cube_mm: float, cfg: SynthesisConfig | None = None) -> None:
+        self.hand = hand
+        self.size = size
+        self.cube_mm = cube_mm
+        self.cfg = cfg or SynthesisConfig()
+        self.background = background_depth(cube_mm)
+
+    @property
+    def device(self) -> torch.device:
+        return self.hand.radii.device
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.device
+        pose = batch["pose"].to(device, torch.float32)
+        shape = batch["shape"].to(device, torch.float32)
+        augment = batch["augment"].to(device, torch.float32)
+        vertices, faces = self.hand.mesh(pose, shape)
+        keypoints = self.hand.keypoints(pose, shape)
+        offset = jitter_offset_mm(augment, self.size, self.cube_mm)[:, None, :]
+        vertices, keypoints = vertices - offset, keypoints - offset
+        pixels = crop_to_pixels(vertices, self.size, self.cube_mm).float().contiguous()
+        depth = rasterize(pixels, faces.to(device=device, dtype=torch.int32), self.size, self.size,
+                          background=self.background, supersample=self.cfg.supersample, backend=self.cfg.backend)
+        depth = self._add_noise(depth, augment)
+        return depth[:, None], keypoints.float()
+
+    def _add_noise(self, depth: torch.Tensor, augment: torch.Tensor) -> torch.Tensor:
+        noise, holes = sensor_noise(augment, self.size)
+        noise, holes = noise.to(depth.device), holes.to(depth.device)
+        hand_pixels = depth < self.background
+        depth = torch.where(hand_pixels, depth + noise, depth)
+        # Missing sensor depth reads as background, like the real crops.
+        depth = torch.where(hand_pixels & holes, torch.full_like(depth, self.background), depth)
+        half = self.cube_mm / 2.0
+        return depth.clamp(-half, half)
+
+
+def held_out_batch(hand: HandModel, n: int, seed: int) -> dict[str, torch.Tensor]:
+    """A fixed synthetic batch (clean: no jitter or noise) from the pose sampler, for evaluation.
+
+    Its own seed keeps it apart from the training shards (random poses; no pose is shared in practice).
+    """
+    from hand import sample_poses, sample_shapes
+
+    generator = torch.Generator().manual_seed(seed)
+    pose = sample_poses(n, generator=generator).float()
+    shape = sample_shapes(n, generator=generator).float()
+    augment = torch.zeros(n, len(SYNTHETIC_AUGMENT_FIELDS))
+    return {"pose": pose, "shape": shape, "augment": augment}
