@@ -1,0 +1,257 @@
+"""A small stand-in for the NYU data set, in NYU's layout, rendered from the hand model.
+
+Three fixed depth cameras look at a hand held in front of a wall (view 1 frontal, views 2 and 3 from the
+sides), like NYU's rig. The hand has a shape unlike the model's default (larger, longer fingers; a smaller
+second test subject when the test split is large), a forearm leaving the crop cube, a wall behind, and
+Kinect-like noise (depth-dependent jitter, mm quantisation, blob holes, dropout at depth edges), so it
+has a real domain gap to the clean synthetic renders. Labels get a little annotation noise, and
+``label_outliers`` makes some frames' side-view labels wrong, as a badly labelled frame would be.
+
+Besides NYU's files, the root holds ``fake_nyu.npz``, what the generator knows and NYU does not: the
+camera poses, per-frame poses/shapes, which joints each view sees, which labels were corrupted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from shards.geometry import NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, NYU_INTRINSICS, nyu_xyz_to_camera, project
+from shards.nyu import MAT_NAME, NUM_JOINTS, VIEWS, depth_path, encode_depth_png
+
+RECORD_NAME = "fake_nyu.npz"
+SCENE_CENTER = np.array([0.0, 0.0, 800.0])  # where the cameras look, in camera-1 (= world) coordinates
+# (yaw about the vertical axis, pitch, distance from SCENE_CENTER) per view; view 1 sits at the origin.
+CAMERA_RIG = ((0.0, 0.0, 800.0), (72.0, 6.0, 760.0), (-66.0, -4.0, 870.0))
+SUBJECT_SHAPES = {1: (1.12, 1.07), 2: (0.93, 1.0)}  # (global scale, bone length scale)
+NYU_TEST_SUBJECT_CHANGE = 2440 / 8252  # fraction of NYU's test split taken by its first subject
+FOREARM_LENGTH_MM = 300.0
+
+
+@dataclass(frozen=True)
+class FakeNyuConfig:
+    """What ``python -m shards fake-nyu`` makes."""
+
+    train: int = 48  # frames in train/
+    test: int = 16  # frames in test/
+    seed: int = 0
+    label_noise_mm: float = 0.5  # Gaussian annotation noise per coordinate
+    label_outliers: float = 0.0  # fraction of frames whose view-2 or view-3 labels are shifted 25..50 mm
+    sensor_noise: bool = True  # False: clean depth, only mm quantisation
+
+
+def camera_to_world(view: int) -> tuple[np.ndarray, np.ndarray]:
+    """View 0..2 -> rotation M and origin o with world point = M @ camera point + o."""
+    yaw, pitch, distance = CAMERA_RIG[view]
+    rotation = Rotation.from_euler("YX", [yaw, pitch], degrees=True).as_matrix()
+    origin = SCENE_CENTER - distance * rotation[:, 2]
+    return rotation, origin
+
+
+def camera_poses() -> np.ndarray:
+    """(3, 4, 4) camera-k -> camera-1 transforms of the rig (what ``--cameras fixed`` should recover)."""
+    out = np.stack([np.eye(4)] * VIEWS)
+    for view in range(VIEWS):
+        out[view, :3, :3], out[view, :3, 3] = camera_to_world(view)
+    return out
+
+
+def world_to_camera(points: np.ndarray, view: int) -> np.ndarray:
+    rotation, origin = camera_to_world(view)
+    return (points - origin) @ rotation
+
+
+def subject_of(split: str, frame_index: int, frames: int) -> int:
+    if split == "test" and frames >= 100 and frame_index >= round(frames * NYU_TEST_SUBJECT_CHANGE):
+        return 2
+    return 1
+
+
+def shape_vector(subject: int, shape_dim: int) -> torch.Tensor:
+    global_scale, bone_scale = SUBJECT_SHAPES[subject]
+    shape = torch.full((1, shape_dim), bone_scale)
+    shape[0, 0] = global_scale
+    return shape
+
+
+def arm_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Global hand orientation: forearm down and away from camera 1, random roll and tilt."""
+    roll = rng.uniform(-80, 80)
+    pitch = 45 + rng.uniform(-20, 20)
+    tilt = rng.uniform(-30, 30)
+    return Rotation.from_euler("ZXY", [tilt, pitch, roll], degrees=True).as_matrix()
+
+
+def forearm_mesh(wrist: np.ndarray, scale: float, segments: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """A closed elliptic cylinder from the wrist along +y (hand frame: the arm side), (V, 3) and (F, 3)."""
+    angles = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    ring = np.stack([31 * scale * np.cos(angles), np.zeros_like(angles), 21 * scale * np.sin(angles)], -1)
+    near = ring + wrist + np.array([0.0, -8.0, 0.0])
+    far = ring + wrist + np.array([0.0, FOREARM_LENGTH_MM, 0.0])
+    vertices = np.concatenate([near, far, [wrist + [0, -8.0, 0]], [wrist + [0, FOREARM_LENGTH_MM, 0]]])
+    faces = []
+    for i in range(segments):
+        j = (i + 1) % segments
+        faces += [[i, j, segments + i], [j, segments + j, segments + i],
+                  [2 * segments, j, i], [2 * segments + 1, segments + i, segments + j]]
+    return vertices, np.array(faces)
+
+
+_PIXEL_CENTRES = np.mgrid[0:NYU_IMAGE_HEIGHT, 0:NYU_IMAGE_WIDTH] + 0.5
+
+
+class FakeScene:
+    """Renders frames of the fake rig: hand model mesh + forearm + wall, per view."""
+
+    def __init__(self, config: FakeNyuConfig) -> None:
+        import hand  # the generator is the only part of shards that needs the model and renderer
+
+        self.config = config
+        self.model = hand.HandModel()
+        self.sample_poses = hand.sample_poses
+        self.radii = self.model.radii.detach().numpy().astype(np.float64)
+
+    def frame(self, split: str, index: int, frames: int) -> dict[str, np.ndarray]:
+        """Everything about one frame; depth (3, 480, 640) mm with 0 = missing, joints camera frames."""
+        split_id = 0 if split == "train" else 1
+        rng = np.random.default_rng([self.config.seed, split_id, index])
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        pose = self.sample_poses(1, generator=generator).float()
+        rotation = arm_rotation(rng)
+        pose[0, :3] = torch.from_numpy(Rotation.from_matrix(rotation).as_rotvec()).float()
+        pose[0, 3:6] = 0.0
+        subject = subject_of(split, index, frames)
+        shape = shape_vector(subject, self.model.shape_dim)
+        with torch.no_grad():
+            vertices, faces = self.model.mesh(pose, shape)
+            keypoints = self.model.keypoints(pose, shape)[0].double().numpy()
+            rest = self.model.keypoints(torch.zeros_like(pose), shape)[0].double().numpy()
+        wrist = np.array([rest[:, 0].mean(), rest[:, 1].max(), 0.0])
+        arm_vertices, arm_faces = forearm_mesh(wrist, SUBJECT_SHAPES[subject][0])
+        offset = SCENE_CENTER + rng.uniform([-40, -60, -60], [40, 20, 60])
+        world = np.concatenate([vertices[0].double().numpy(), arm_vertices @ rotation.T]) + offset
+        all_faces = np.concatenate([faces.numpy(), arm_faces + vertices.shape[1]])
+        joints_world = keypoints + offset
+        out = {"pose": pose[0].numpy(), "shape": shape[0].numpy(), "offset": offset, "subject": subject}
+        depth, clean, joints, visible = [], [], [], []
+        for view in range(VIEWS):
+            camera_joints = world_to_camera(joints_world, view)
+            surface = self._render(world_to_camera(world, view), all_faces)
+            clean.append(surface)
+            visible.append(self._visible(surface, camera_joints))
+            depth.append(self._sensor(surface, view, rng))
+            joints.append(camera_joints[:NUM_JOINTS])
+        out.update(depth=np.stack(depth), clean=np.stack(clean), joints=np.stack(joints), visible=np.stack(visible))
+        return out
+
+    def _render(self, camera_vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        from renderer_cuda import rasterize
+
+        pixels = torch.from_numpy(project(camera_vertices)).float()[None]
+        image = rasterize(pixels, torch.from_numpy(faces).int(), NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH,
+                          background=0.0, perspective=True)
+        return image[0].numpy().astype(np.float64)
+
+    def _visible(self, surface: np.ndarray, joints: np.ndarray) -> np.ndarray:
+        """A joint is visible when nothing lies more than a few mm in front of its sphere's surface."""
+        uvz = project(joints[:NUM_JOINTS])
+        i = np.clip(uvz[:, 1].astype(int), 0, NYU_IMAGE_HEIGHT - 1)
+        j = np.clip(uvz[:, 0].astype(int), 0, NYU_IMAGE_WIDTH - 1)
+        seen = surface[i, j]
+        return (seen > 0) & (seen >= uvz[:, 2] - self.radii[:NUM_JOINTS] - 6.0)
+
+    def _sensor(self, surface: np.ndarray, view: int, rng: np.random.Generator) -> np.ndarray:
+        """Wall behind, then Kinect-like noise; returns mm depth with 0 where the sensor gives none."""
+        rows, cols = _PIXEL_CENTRES
+        normal = np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.25, -0.05), 1.0])
+        rays = ((cols - NYU_INTRINSICS.cx) / NYU_INTRINSICS.fx, (rows - NYU_INTRINSICS.cy) / NYU_INTRINSICS.fy)
+        wall = rng.uniform(1350, 1550) / (normal[0] * rays[0] + normal[1] * rays[1] + normal[2])
+        depth = np.where(surface > 0, np.minimum(surface, wall), wall)
+        if not self.config.sensor_noise:
+            return depth
+        depth = depth + rng.normal(size=depth.shape) * (0.4 + 1.5e-6 * depth**2)
+        edges = np.zeros(depth.shape, bool)
+        edges[:, 1:] |= np.abs(np.diff(depth, axis=1)) > 25
+        edges[1:, :] |= np.abs(np.diff(depth, axis=0)) > 25
+        edges[:, :-1] |= edges[:, 1:].copy()
+        holes = edges & (rng.random(depth.shape) < 0.6)
+        blobs = np.asarray(Image.fromarray(rng.random((24, 32)).astype(np.float32), mode="F")
+                           .resize((NYU_IMAGE_WIDTH, NYU_IMAGE_HEIGHT), Image.BILINEAR))
+        holes |= blobs > 0.93
+        holes |= rng.random(depth.shape) < 0.004
+        depth[holes] = 0.0
+        return depth
+
+
+def generate(out: Path, config: FakeNyuConfig, progress: bool = True) -> dict[str, object]:
+    """Write ``out/train`` and ``out/test`` in NYU's layout and ``out/fake_nyu.npz``."""
+    from tqdm import tqdm
+
+    scene = FakeScene(config)
+    record: dict[str, np.ndarray] = {"camera_poses": camera_poses()}
+    for split, frames in (("train", config.train), ("test", config.test)):
+        split_dir = Path(out) / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([config.seed, 7, 0 if split == "train" else 1])
+        joints, poses, shapes, visible = [], [], [], []
+        for index in tqdm(range(frames), desc=f"fake-nyu {split}", unit="frame", disable=not progress):
+            frame = scene.frame(split, index, frames)
+            for view in range(VIEWS):
+                encode_depth_png(frame["depth"][view]).save(depth_path(split_dir, view + 1, index + 1), compress_level=1)
+                _write_distractor(split_dir / f"rgb_{view + 1}_{index + 1:07d}.png")
+            joints.append(frame["joints"])
+            poses.append(frame["pose"])
+            shapes.append(frame["shape"])
+            visible.append(frame["visible"])
+        joints_arr = np.stack(joints, axis=1) if frames else np.zeros((VIEWS, 0, NUM_JOINTS, 3))
+        labelled, outliers = _label(joints_arr, config, rng)
+        _write_mat(split_dir / MAT_NAME, labelled)
+        record.update({f"{split}_poses": np.array(poses), f"{split}_shapes": np.array(shapes),
+                       f"{split}_visible": np.stack(visible, axis=1) if frames else np.zeros((VIEWS, 0, NUM_JOINTS), bool),
+                       f"{split}_joints_true": joints_arr, f"{split}_outliers": outliers})
+    np.savez(Path(out) / RECORD_NAME, **record)
+    (Path(out) / "fake_nyu.json").write_text(json.dumps({"config": asdict(config), "camera_rig": CAMERA_RIG}, indent=2))
+    return record
+
+
+def _label(joints: np.ndarray, config: FakeNyuConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """True joints (3, N, 36, 3) -> labels with annotation noise; outliers[i] = view (1..2) shifted, or -1."""
+    labelled = joints + rng.normal(scale=config.label_noise_mm, size=joints.shape)
+    outliers = np.full(joints.shape[1], -1)
+    for index in np.flatnonzero(rng.random(joints.shape[1]) < config.label_outliers):
+        view = int(rng.integers(1, VIEWS))
+        direction = rng.normal(size=3)
+        labelled[view, index] += direction / np.linalg.norm(direction) * rng.uniform(25, 50)
+        outliers[index] = view
+    return labelled, outliers
+
+
+def _write_mat(path: Path, joints_camera: np.ndarray) -> None:
+    names = np.empty((1, NUM_JOINTS), dtype=object)
+    import hand
+
+    for i, name in enumerate(hand.NYU_JOINT_NAMES):
+        names[0, i] = name
+    scipy.io.savemat(str(path), {"joint_names": names, "joint_xyz": nyu_xyz_to_camera(joints_camera),
+                                 "joint_uvd": project(joints_camera)}, do_compression=True)
+
+
+def _write_distractor(path: Path) -> None:
+    """Stand-in for NYU's ``rgb_*`` files, which the shard builder must ignore."""
+    global _DISTRACTOR
+    if _DISTRACTOR is None:
+        buffer = io.BytesIO()
+        Image.new("RGB", (NYU_IMAGE_WIDTH, NYU_IMAGE_HEIGHT), (96, 80, 72)).save(buffer, format="PNG")
+        _DISTRACTOR = buffer.getvalue()
+    path.write_bytes(_DISTRACTOR)
+
+
+_DISTRACTOR: bytes | None = None

@@ -1,0 +1,159 @@
+"""The shard format: keys, versions, deterministic tar entries, manifests and the errors for bad input.
+
+Every shard is a plain (uncompressed, USTAR) tar in webdataset layout: the files of one sample share a
+key (``0000001.depth.npy``, ``0000001.joints.npy`` ...). Entries carry fixed mtime/uid/gid/mode so that
+the same input always gives byte-identical shards (checksums are compared across re-runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_PATTERN = "shard-{index:06d}.tar"
+
+NYU_KEYS = ("depth.npy", "joints.npy", "cams.npy", "meta.json")
+SYNTHETIC_KEYS = ("pose.npy", "shape.npy", "augment.npy")
+SYNTHETIC_AUGMENT_FIELDS = ("jitter_x_px", "jitter_y_px", "depth_noise_mm", "hole_fraction", "noise_seed")
+
+# The only entry types the reader decodes; anything else (pickle above all) is refused.
+DECODABLE_EXTENSIONS = ("npy", "json", "png")
+
+
+class ShardsError(Exception):
+    """An error a user can act on; the CLI prints it without a traceback and exits non-zero."""
+
+
+class BadInputError(ShardsError):
+    """Raw input that cannot be used; ``path`` names the file at fault."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN.format(index=index)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_sample(fields: dict[str, Any]) -> dict[str, bytes]:
+    """``{"depth.npy": array, "meta.json": dict}`` -> entry bytes, by extension."""
+    out = {}
+    for name, value in fields.items():
+        if name.endswith(".npy"):
+            out[name] = npy_bytes(value)
+        elif name.endswith(".json"):
+            out[name] = json_bytes(value)
+        else:
+            raise ValueError(f"cannot encode shard entry {name!r}: only .npy and .json are written")
+    return out
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> str:
+    """Write ``(key, entries)`` samples to ``path`` via a temporary name and rename; returns sha256.
+
+    Entries get fixed metadata so that equal samples give byte-identical tars.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, entries in samples:
+                for name in sorted(entries):
+                    data = entries[name]
+                    info = tarfile.TarInfo(f"{key}.{name}")
+                    info.size = len(data)
+                    info.mtime = 0
+                    info.mode = 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    tar.addfile(info, io.BytesIO(data))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return sha256_file(path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ShardRecord:
+    """One finished shard: its file name, sample count, checksum and the frames left out of it."""
+
+    name: str
+    samples: int
+    sha256: str
+    skipped: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "samples": self.samples, "sha256": self.sha256, "skipped": self.skipped}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> "ShardRecord":
+        return cls(value["name"], int(value["samples"]), value["sha256"], list(value.get("skipped", [])))
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_manifest(directory: Path, *, kind: str, keys: tuple[str, ...], records: list[ShardRecord],
+                   args: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``manifest.json``: format version, kind, per-shard counts and checksums, skipped frames, build args."""
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "keys": list(keys),
+        "samples": sum(r.samples for r in records),
+        "shards": [r.to_dict() for r in records],
+        "skipped": [item for r in records for item in r.skipped],
+        "args": args,
+        **(extra or {}),
+    }
+    write_json_atomic(directory / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.exists():
+        raise ShardsError(f"{path}: no manifest (not a shard directory, or its build did not finish)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ShardsError(f"{path}: not valid JSON ({error})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardsError(f"{path}: format_version {manifest.get('format_version')!r}, "
+                          f"this code reads {FORMAT_VERSION}")
+    return manifest
