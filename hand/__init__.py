@@ -1,0 +1,17 @@
+"""The hand model: 26-DOF kinematic skeleton, 41 spheres, skinned mesh, pose prior and viewer.
+
+``HandModel`` gives keypoints and the mesh; ``sample_poses``/``sample_shapes`` the synthetic prior;
+``python -m hand.viewer`` the interactive viewer. Frames and sphere layout: :mod:`hand.anatomy`.
+"""
+
+from hand.anatomy import (FINGERS, NUM_PARAMS, NUM_SPHERES, NYU_EVAL_JOINTS, NYU_JOINT_NAMES, PALM_CENTER,
+                          PARAM_NAMES, SPHERE_NAMES)
+from hand.model import SHAPE_DIM, HandModel, axis_angle_to_matrix
+from hand.sampler import mean_flexion, sample_poses, sample_shapes
+from hand.skin import winding_number
+
+__all__ = [
+    "FINGERS", "NUM_PARAMS", "NUM_SPHERES", "NYU_EVAL_JOINTS", "NYU_JOINT_NAMES", "PALM_CENTER", "PARAM_NAMES",
+    "SPHERE_NAMES", "SHAPE_DIM", "HandModel", "axis_angle_to_matrix", "mean_flexion", "sample_poses",
+    "sample_shapes", "winding_number",
+]
