@@ -1,0 +1,268 @@
+"""Loss terms: minimal at the truth, growing away from it, and a gradient step reduces each."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import hand
+from renderer_cuda import render_spheres
+from shards.geometry import background_depth, crop_to_pixels, invert_transform, make_transform, transform_points
+from train.losses import (BoneLengthLoss, CollisionLoss, ConsistencyLoss, HeatmapMeanLoss, HeatmapTargetLoss,
+                          JointDepthLoss, LossConfig, ProjectionLoss, TermConfig, build_losses)
+from train.network import NetworkConfig, NetworkOutput, build_network, spatial_softmax
+from train.prior import PriorConfig, save_prior, train_prior
+
+SIZE, CUBE = 64, 300.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: a second intra-op thread only adds spin-waits on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> hand.HandModel:
+    return hand.HandModel()
+
+
+@pytest.fixture(scope="module")
+def scene(model: hand.HandModel) -> dict:
+    """Two frames of three views: true joints per view, cams, and the spheres rendered as observed depth."""
+    generator = torch.Generator().manual_seed(3)
+    poses = hand.sample_poses(2, generator=generator)
+    poses[:, :6] = 0.0  # palm facing the camera, centred in the crop
+    poses[1, 6:] *= 0.5
+    joints_1 = model.keypoints(poses)  # (2, 41, 3) in view 1's crop frame
+    angles = [0.0, 0.6, -0.5]
+    cams = []
+    for k, angle in enumerate(angles):
+        rotation = hand.axis_angle_to_matrix(torch.tensor([0.2 * k, angle, 0.0]))
+        cams.append(make_transform(rotation, torch.tensor([4.0 * k, -3.0 * k, 5.0 * k])))
+    cams = torch.stack(cams)[None].repeat(2, 1, 1, 1)  # (2, 3, 4, 4): view k -> view 1
+    joints = transform_points(invert_transform(cams), joints_1[:, None])  # (2, 3, 41, 3) per view
+    return {"joints": joints, "cams": cams, "depth": render_depth(joints, model.radii)}
+
+
+def render_depth(joints: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    pixels = crop_to_pixels(joints, SIZE, CUBE).reshape(-1, joints.shape[-2], 3)
+    depth = render_spheres(pixels, radii, SIZE, SIZE, background=background_depth(CUBE), pixels_per_mm=SIZE / CUBE)
+    return depth.reshape(*joints.shape[:2], SIZE, SIZE).clamp(max=background_depth(CUBE))
+
+
+@pytest.fixture(scope="module")
+def prior_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("prior") / "prior.pt"
+    save_prior(train_prior(PriorConfig(steps=150, batch_size=64, pool_size=512), progress=False), path)
+    return path
+
+
+def descend(loss_fn, x: torch.Tensor, step_mm: float = 0.05) -> tuple[float, float]:
+    """Loss before and after one small normalised gradient step on x."""
+    x = x.detach().clone().requires_grad_(True)
+    before = loss_fn(x)
+    (grad,) = torch.autograd.grad(before, x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with torch.no_grad():
+        after = loss_fn(x - step_mm * grad / grad.abs().max())
+    return float(before.detach()), float(after)
+
+
+def test_defaults_are_the_reference_weights() -> None:
+    cfg = LossConfig()
+    weights = {name: term.weight for name, term in cfg.terms().items()}
+    assert weights == {"synthetic_heatmap": 1e3, "synthetic_depth": 0.1, "projection": 1.0, "consistency": 1e-3,
+                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2}
+    assert all(term.enabled for term in cfg.terms().values())
+    assert (cfg.consistency_steps, cfg.collision_tolerance_mm, cfg.bone_min_ratio, cfg.bone_max_ratio) == \
+        (1500, 6.0, 0.80, 1.05)
+
+
+def test_heatmap_targets_peak_at_the_keypoint_cell() -> None:
+    term = HeatmapTargetLoss(SIZE, CUBE, 1.0)
+    # Crop pixel (4 * 5 + 2, 4 * 9 + 2) is the centre of heatmap cell (row 9, column 5).
+    point = torch.tensor([[[(22 - 32) * CUBE / SIZE, (38 - 32) * CUBE / SIZE, 0.0]]])
+    target = term.targets(point, 16, 16)[0, 0]
+    assert target[9, 5] == pytest.approx(1.0) and int(target.argmax()) == 9 * 16 + 5
+    assert target[9, 6] == pytest.approx(math.exp(-0.5))
+
+
+def test_synthetic_terms_vanish_for_ideal_outputs(model: hand.HandModel) -> None:
+    keypoints = model.keypoints(torch.zeros(2, 26))
+    heatmap_term, depth_term = HeatmapTargetLoss(SIZE, CUBE, 1.0), JointDepthLoss()
+    ideal = heatmap_term.targets(keypoints, 16, 16)
+    assert float(heatmap_term([ideal, ideal], keypoints)) < 1e-12
+    assert float(heatmap_term([ideal.roll(1, dims=-1)], keypoints)) > 1e-3
+    assert float(depth_term([keypoints], keypoints)) == 0.0
+    assert float(depth_term([keypoints + torch.tensor([0.0, 0.0, 5.0])], keypoints)) == pytest.approx(25.0)
+    before, after = descend(lambda s: heatmap_term([s], keypoints), ideal + 0.1 * torch.randn_like(ideal))
+    assert after < before
+    before, after = descend(lambda j: depth_term([j], keypoints), keypoints + 3.0)
+    assert after < before
+
+
+def test_synthetic_losses_through_the_network(model: hand.HandModel, prior_file: Path) -> None:
+    losses = build_losses(LossConfig(), model, str(prior_file), size=SIZE, cube_mm=CUBE)
+    net = build_network(NetworkConfig(stacks=2, width=16))
+    out = net(torch.rand(2, 1, SIZE, SIZE) * 100)
+    keypoints = model.keypoints(torch.zeros(2, 26))
+    terms = losses.synthetic(out, keypoints)
+    assert set(terms) == {"synthetic_heatmap", "synthetic_depth"}
+    heatmap_term = HeatmapTargetLoss(SIZE, CUBE, 1.0)
+    expected = 1e3 * sum(heatmap_term([logit], keypoints) for logit in out.logits)
+    torch.testing.assert_close(terms["synthetic_heatmap"], expected)
+    sum(terms.values()).backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_projection_is_minimal_at_the_true_spheres(model: hand.HandModel, scene: dict) -> None:
+    term = ProjectionLoss(model.radii, SIZE, CUBE, inside_scale=500.0, outside_scale=1.0, max_distance_mm=50.0)
+    truth = float(term(scene["joints"], scene["depth"], scene["cams"]))
+    generator = torch.Generator().manual_seed(0)
+    for sigma in (2.0, 8.0):
+        noisy = scene["joints"] + sigma * torch.randn(scene["joints"].shape, generator=generator)
+        assert float(term(noisy, scene["depth"], scene["cams"])) > truth + 1.0
+    shifted = scene["joints"] + torch.tensor([6.0, 0.0, 0.0])
+    assert float(term(shifted, scene["depth"], scene["cams"])) > truth + 1.0
+    assert truth < 1.0  # sphere surfaces reproduce the rendered depth up to float noise
+    before, after = descend(lambda j: term(j, scene["depth"], scene["cams"]), shifted)
+    assert after < before
+
+
+def test_projection_parts_see_every_view(model: hand.HandModel, scene: dict) -> None:
+    term = ProjectionLoss(model.radii, SIZE, CUBE, inside_scale=500.0, outside_scale=1.0, max_distance_mm=50.0)
+    wrong_view = scene["joints"].clone()
+    wrong_view[:, 2] += torch.tensor([0.0, 10.0, 0.0])  # only view 3's prediction is off
+    centres_true = transform_points(term_view_to_view(scene["cams"]), scene["joints"][:, None])
+    centres_wrong = transform_points(term_view_to_view(scene["cams"]), wrong_view[:, None])
+    assert float(term.model_to_data(centres_true, scene["depth"])) < 1.0
+    assert float(term.model_to_data(centres_wrong, scene["depth"])) > 10.0
+    assert float(term.data_to_model(centres_wrong, scene["depth"])) > float(term.data_to_model(centres_true,
+                                                                                                scene["depth"]))
+
+
+def term_view_to_view(cams: torch.Tensor) -> torch.Tensor:
+    from train.losses import view_to_view
+
+    return view_to_view(cams)
+
+
+def test_data_to_model_weights_points_inside_spheres(model: hand.HandModel, scene: dict) -> None:
+    common = dict(outside_scale=1.0, max_distance_mm=50.0)
+    heavy = ProjectionLoss(model.radii, SIZE, CUBE, inside_scale=500.0, **common)
+    light = ProjectionLoss(model.radii, SIZE, CUBE, inside_scale=1.0, **common)
+    towards_camera = scene["joints"] - torch.tensor([0.0, 0.0, 4.0])  # spheres swallow the observed surface
+    centres = transform_points(term_view_to_view(scene["cams"]), towards_camera[:, None])
+    assert float(heavy.data_to_model(centres, scene["depth"])) > 100 * float(light.data_to_model(centres,
+                                                                                                  scene["depth"]))
+
+
+def test_consistency(scene: dict) -> None:
+    term = ConsistencyLoss()
+    assert float(term(scene["joints"], scene["cams"])) < 1e-8
+    off = scene["joints"].clone()
+    off[:, 1] += 5.0
+    assert float(term(off, scene["cams"])) > 1.0
+    before, after = descend(lambda j: term(j, scene["cams"]), off)
+    assert after < before
+
+
+def test_collision(model: hand.HandModel) -> None:
+    term = CollisionLoss(model.radii, model.sphere_finger, 6.0)
+    rest = model.keypoints(torch.zeros(1, 26))
+    assert float(term(rest)) == 0.0
+    crossed = rest.clone()
+    index = (model.sphere_finger == 0).nonzero().flatten()
+    middle = (model.sphere_finger == 1).nonzero().flatten()
+    crossed[0, index[:3]] = rest[0, middle[:3]] + torch.tensor([2.0, 0.0, 0.0])  # index tip inside middle
+    assert float(term(crossed)) > 10.0
+    before, after = descend(term, crossed)
+    assert after < before
+    # Palm spheres and spheres of one finger never count.
+    assert not ((model.sphere_finger[term.pairs] < 0).any())
+    assert (model.sphere_finger[term.pairs[:, 0]] != model.sphere_finger[term.pairs[:, 1]]).all()
+
+
+def test_bone_length(model: hand.HandModel) -> None:
+    term = BoneLengthLoss(model.bones, 0.80, 1.05)
+    generator = torch.Generator().manual_seed(1)
+    shape = hand.sample_shapes(1, generator=generator).repeat(6, 1)
+    joints = model.keypoints(hand.sample_poses(6, generator=generator), shape)
+    assert float(term(joints)) < 1e-6
+    stretched = joints.clone()
+    a, b = model.bones[0].tolist()
+    stretched[2, b] = joints[2, a] + 1.5 * (joints[2, b] - joints[2, a])
+    assert float(term(stretched)) > 0.1
+    before, after = descend(term, stretched)
+    assert after < before
+
+
+def test_prior_term(model: hand.HandModel, prior_file: Path) -> None:
+    from train.losses import PriorLoss
+    from train.prior import load_prior
+
+    term = PriorLoss(load_prior(prior_file))
+    generator = torch.Generator().manual_seed(5)
+    joints = model.keypoints(hand.sample_poses(16, generator=generator))
+    scrambled = joints[:, torch.randperm(41, generator=generator)]
+    assert float(term(joints)) < float(term(scrambled))
+    before, after = descend(term, scrambled)
+    assert after < before
+    assert not any(p.requires_grad for p in term.parameters())
+
+
+def test_heatmap_mean() -> None:
+    term = HeatmapMeanLoss()
+    assert float(term([torch.zeros(2, 41, 16, 16)])) == 0.0
+    scores = torch.randn(2, 41, 16, 16)
+    assert float(term([scores, scores])) == pytest.approx(2 * float(scores.pow(2).mean()))
+    before, after = descend(lambda s: term([s]), scores)
+    assert after < before
+
+
+def real_output(joints: torch.Tensor) -> NetworkOutput:
+    """A network output whose decoded joints are ``joints`` (B * 3, J, 3)."""
+    scores = torch.zeros(joints.shape[0], joints.shape[1], 16, 16)
+    return NetworkOutput([spatial_softmax(scores)], [scores], joints, [scores], [joints])
+
+
+def test_real_losses_combine_weighted_terms(model: hand.HandModel, scene: dict, prior_file: Path) -> None:
+    cfg = LossConfig(epoch_steps=100, consistency_steps=10)
+    losses = build_losses(cfg, model, str(prior_file), size=SIZE, cube_mm=CUBE)
+    batch = {"depth": scene["depth"], "cams": scene["cams"], "joints": scene["joints"][:, :, :36]}
+    off = scene["joints"].clone()
+    off[:, 1] += 5.0
+    terms = losses.real(real_output(off.reshape(6, 41, 3)), batch, step=3)
+    assert set(terms) == {"projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean"}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in terms.values())
+    torch.testing.assert_close(terms["consistency"], 1e-3 * ConsistencyLoss()(off, scene["cams"]))
+    late = losses.real(real_output(off.reshape(6, 41, 3)), batch, step=150)
+    assert float(late["consistency"]) == 0.0 and float(late["projection"]) == float(terms["projection"])
+    with pytest.raises(ValueError, match="3 views"):
+        losses.real(real_output(off.reshape(6, 41, 3)[:4]), batch, step=0)
+
+
+def test_real_losses_through_the_network(model: hand.HandModel, scene: dict, prior_file: Path) -> None:
+    losses = build_losses(LossConfig(), model, str(prior_file), size=SIZE, cube_mm=CUBE)
+    net = build_network(NetworkConfig(stacks=2, width=16))
+    out = net(scene["depth"].reshape(-1, 1, SIZE, SIZE))
+    terms = losses.real(out, {"depth": scene["depth"], "cams": scene["cams"]}, step=0)
+    sum(terms.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_disabled_terms_are_absent_and_prior_needs_a_file(model: hand.HandModel) -> None:
+    cfg = LossConfig(prior=TermConfig(1e-2, enabled=False), projection=TermConfig(1.0, enabled=False))
+    losses = build_losses(cfg, model, None, size=SIZE, cube_mm=CUBE)
+    assert "prior" not in losses.terms and "projection" not in losses.terms
+    with pytest.raises(ValueError, match=r"loss\.prior\.enabled.*loss\.prior_path"):
+        build_losses(LossConfig(), model, None, size=SIZE, cube_mm=CUBE)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        build_losses(LossConfig(), model, "missing.pt", size=SIZE, cube_mm=CUBE)

@@ -1,0 +1,357 @@
+"""Training losses: synthetic supervision and the self-supervised fitting terms on real multi-view depth.
+
+Every term is its own module computing an *unweighted* scalar; :class:`Losses` applies the weights and
+switches of :class:`LossConfig` (YAML keys ``loss.<term>.weight`` / ``loss.<term>.enabled``) and returns
+dicts of already weighted scalars named after the terms. Terms that act on predicted joints are summed
+over the hourglass stacks (intermediate supervision, as the reference does).
+
+Units: millimetres throughout (crop frame of each view); the prior works on joints / 100.
+Definitions (``r`` = model sphere radii, ``d`` = distances between sphere centres):
+
+- ``synthetic_heatmap``: MSE between the raw heatmap scores and Gaussian targets (peak 1, std
+  ``heatmap_sigma_cells`` cells) centred on the true keypoints' cell coordinates.
+- ``synthetic_depth``: MSE (mm^2) between decoded and true joint depth z.
+- ``projection``: for each frame, the spheres predicted in view k (centres = predicted joints, radii = the
+  hand model's radii) are mapped into the crop frame of every view j (``inv(cams[j]) @ cams[k]``) and
+  (a) model-to-data: rendered with the analytic sphere renderer and compared with view j's observed depth,
+  squared error (mm^2) where either image is foreground, averaged over all pixels;
+  (b) data-to-model: every foreground pixel of view j, back-projected to a 3D point, has the signed
+  distance s = min_i(|p - c_i| - r_i) to the spheres; the cost is ``projection_outside_scale *
+  min(s, projection_max_distance_mm)`` outside all spheres and ``projection_inside_scale * (-s)`` inside
+  one (an observed surface point inside a sphere means the model bulges through the data), averaged over
+  all pixels. Both parts are summed over the 3 x 3 (k, j) pairs and averaged over frames.
+- ``consistency``: joints of the 3 views mapped to view 1's frame (``cams[k]``); MSE (mm^2) to their
+  per-coordinate median over views. Active only while ``step % epoch_steps < consistency_steps``.
+- ``prior``: negative ELBO (nats per pose) of the palm-centred joints / 100 under the frozen pose VAE
+  of :mod:`train.prior`.
+- ``collision``: for every pair of spheres on different fingers (``hand.sphere_finger``; palm spheres
+  excluded) the penetration depth ``r_i + r_j - d_ij`` (mm) beyond an allowed ``collision_tolerance_mm``:
+  ``relu(r_i + r_j - d_ij - tolerance)^2``, summed over pairs, averaged over poses.
+- ``bone_length``: for every ``hand.bones`` pair the length l and its median m over all predicted poses
+  of the batch (all views, detached): ``relu(bone_min_ratio * m - l)^2 + relu(l - bone_max_ratio * m)^2``
+  (mm^2) averaged over poses and bones; zero for skeletons of one hand shape.
+- ``heatmap_mean``: mean squared raw heatmap score on real images (the reference's "hm_mean": a weak L2
+  pull of the pre-softmax scores towards zero, keeping real-image heatmaps in the value range the
+  synthetic targets train so the temperature softmax does not saturate into a hard arg-max).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from shards.geometry import background_depth, crop_to_pixels, invert_transform, pixels_to_crop, transform_points
+from train.network import NetworkOutput
+
+if TYPE_CHECKING:  # only for annotations: the hand package is passed in by the caller
+    from hand import HandModel
+
+NUM_VIEWS = 3
+PRIOR_SCALE_MM = 100.0
+
+
+@dataclass
+class TermConfig:
+    """One loss term's switch and weight."""
+
+    weight: float  # multiplies the unweighted term
+    enabled: bool = True  # False: the term is neither computed nor returned
+
+
+def _term(weight: float) -> TermConfig:
+    return field(default_factory=lambda: TermConfig(weight))
+
+
+@dataclass
+class LossConfig:
+    """Loss terms (defaults: the reference weights) and their settings."""
+
+    synthetic_heatmap: TermConfig = _term(1e3)  # raw heatmap scores vs Gaussian targets (synthetic)
+    synthetic_depth: TermConfig = _term(0.1)  # decoded joint depth MSE, mm^2 (synthetic)
+    projection: TermConfig = _term(1.0)  # mutual projection, model-to-data + data-to-model (real)
+    consistency: TermConfig = _term(1e-3)  # multi-view joint agreement, mm^2 (real)
+    prior: TermConfig = _term(1e-2)  # pose VAE negative ELBO of joints / 100 (real)
+    collision: TermConfig = _term(1.0)  # inter-finger sphere penetration, mm^2 (real)
+    bone_length: TermConfig = _term(1.0)  # bone lengths outside the ratio band around the median (real)
+    heatmap_mean: TermConfig = _term(1e-2)  # mean squared raw heatmap score (real)
+    prior_path: str | None = None  # pose VAE file written by `python -m train.prior`
+    heatmap_sigma_cells: float = 1.0  # std of the synthetic Gaussian heatmap targets, heatmap cells
+    projection_inside_scale: float = 500.0  # data-to-model cost per mm for data points inside a sphere
+    projection_outside_scale: float = 1.0  # same outside all spheres (the prototype scales both by 500)
+    projection_max_distance_mm: float = 50.0  # data-to-model distances are clipped here (outliers, arm)
+    consistency_steps: int = 1500  # consistency is active for the first this many steps of each epoch
+    epoch_steps: int = 2910  # steps per epoch (reference: 72,757 frames / 25); <= 0: consistency always on
+    collision_tolerance_mm: float = 6.0  # sphere interpenetration allowed before collision costs
+    bone_min_ratio: float = 0.80  # bones shorter than this times the batch median cost
+    bone_max_ratio: float = 1.05  # bones longer than this times the batch median cost
+
+    def terms(self) -> dict[str, TermConfig]:
+        return {name: getattr(self, name) for name in SYNTHETIC_TERMS + REAL_TERMS}
+
+
+SYNTHETIC_TERMS = ("synthetic_heatmap", "synthetic_depth")
+REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean")
+
+
+class HeatmapTargetLoss(nn.Module):
+    """MSE of raw heatmap scores against Gaussian targets at the true keypoints, summed over stacks."""
+
+    def __init__(self, size: int, cube_mm: float, sigma_cells: float) -> None:
+        super().__init__()
+        self.size, self.cube_mm, self.sigma = size, cube_mm, sigma_cells
+
+    def targets(self, keypoints: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, J, 3) crop-frame mm -> (B, J, H, W) Gaussians with peak 1 at the keypoints' cells."""
+        pixels = crop_to_pixels(keypoints, self.size, self.cube_mm)
+        # Cell c covers crop pixels [c, c + 1) * S / H; its centre has cell coordinate c.
+        cu = pixels[..., 0] * (width / self.size) - 0.5
+        cv = pixels[..., 1] * (height / self.size) - 0.5
+        cols = torch.arange(width, device=keypoints.device, dtype=keypoints.dtype)
+        rows = torch.arange(height, device=keypoints.device, dtype=keypoints.dtype)
+        du = (cols - cu[..., None]) ** 2  # (B, J, W)
+        dv = (rows - cv[..., None]) ** 2  # (B, J, H)
+        return torch.exp(-(dv[..., :, None] + du[..., None, :]) / (2 * self.sigma ** 2))
+
+    def forward(self, logits: list[torch.Tensor], keypoints: torch.Tensor) -> torch.Tensor:
+        target = self.targets(keypoints, *logits[0].shape[-2:])
+        return sum(F.mse_loss(score.float(), target) for score in logits)
+
+
+class JointDepthLoss(nn.Module):
+    """MSE (mm^2) of decoded joint depth against the true depth, summed over stacks."""
+
+    def forward(self, stack_joints: list[torch.Tensor], keypoints: torch.Tensor) -> torch.Tensor:
+        return sum(F.mse_loss(joints[..., 2].float(), keypoints[..., 2]) for joints in stack_joints)
+
+
+def view_to_view(cams: torch.Tensor) -> torch.Tensor:
+    """(B, V, 4, 4) view-k-to-view-1 transforms -> (B, V, V, 4, 4) whose [b, j, k] maps view k to view j."""
+    return invert_transform(cams)[:, :, None] @ cams[:, None, :]
+
+
+class ProjectionLoss(nn.Module):
+    """Mutual projection of predicted spheres against observed depth (see the module docstring)."""
+
+    def __init__(self, radii: torch.Tensor, size: int, cube_mm: float, *, inside_scale: float,
+                 outside_scale: float, max_distance_mm: float) -> None:
+        super().__init__()
+        self.register_buffer("radii", radii.detach().float().clone(), persistent=False)
+        self.size, self.cube_mm = size, cube_mm
+        self.inside_scale, self.outside_scale, self.max_distance = inside_scale, outside_scale, max_distance_mm
+        self.background = background_depth(cube_mm)
+
+    def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
+        """joints (B, V, J, 3) mm, observed depth (B, V, S, S) mm, cams (B, V, 4, 4) -> scalar."""
+        centres = transform_points(view_to_view(cams.float()), joints.float()[:, None])  # (B, Vj, Vk, J, 3)
+        return self.model_to_data(centres, depth.float()) + self.data_to_model(centres, depth.float())
+
+    def model_to_data(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        from renderer_cuda import render_spheres  # imported late: the package may build on first use
+
+        batch, views, _, num, _ = centres.shape
+        pixels = crop_to_pixels(centres, self.size, self.cube_mm).reshape(-1, num, 3)
+        rendered = render_spheres(pixels, self.radii, self.size, self.size, background=self.background,
+                                  pixels_per_mm=self.size / self.cube_mm)
+        rendered = rendered.reshape(batch, views, views, self.size, self.size).clamp(max=self.background)
+        observed = depth[:, :, None]
+        foreground = (rendered < self.background) | (observed < self.background)
+        squared = torch.where(foreground, (rendered - observed) ** 2, torch.zeros_like(rendered))
+        return squared.mean(dim=(-2, -1)).sum(dim=(1, 2)).mean()
+
+    def data_to_model(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        batch, views, _, _, _ = centres.shape
+        points = self.depth_points(depth)  # (B, Vj, P, 3)
+        # Squared distances via |p|^2 + |c|^2 - 2 p.c: (B, Vj, Vk, P, J) without a (..., 3) intermediate.
+        cross = points[:, :, None] @ centres.transpose(-1, -2)
+        squared = (points ** 2).sum(-1)[:, :, None, :, None] + (centres ** 2).sum(-1)[..., None, :] - 2 * cross
+        signed = (squared.clamp_min(1e-6).sqrt() - self.radii).min(dim=-1).values  # (B, Vj, Vk, P)
+        cost = torch.where(signed < 0, -signed * self.inside_scale,
+                           signed.clamp(max=self.max_distance) * self.outside_scale)
+        foreground = (depth < self.background).flatten(-2)[:, :, None]  # (B, Vj, 1, P)
+        cost = torch.where(foreground, cost, torch.zeros_like(cost))
+        return cost.mean(dim=-1).sum(dim=(1, 2)).mean()
+
+    def depth_points(self, depth: torch.Tensor) -> torch.Tensor:
+        """(B, V, S, S) crop depth -> (B, V, S*S, 3) crop-frame points at the pixel centres."""
+        centre = torch.arange(self.size, device=depth.device, dtype=depth.dtype) + 0.5
+        v, u = torch.meshgrid(centre, centre, indexing="ij")
+        uvz = torch.stack([u.expand_as(depth), v.expand_as(depth), depth], dim=-1)
+        return pixels_to_crop(uvz, self.size, self.cube_mm).flatten(-3, -2)
+
+
+class ConsistencyLoss(nn.Module):
+    """MSE (mm^2) of each view's joints, mapped to view 1, to the per-coordinate median over views."""
+
+    def forward(self, joints: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
+        common = transform_points(cams.float(), joints.float())  # (B, V, J, 3)
+        centre = common.median(dim=1, keepdim=True).values
+        return F.mse_loss(common, centre.expand_as(common))
+
+
+class PriorLoss(nn.Module):
+    """Negative ELBO of palm-centred joints / 100 under a frozen pose VAE."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> PriorLoss:
+        super().train(mode)
+        self.vae.eval()  # the prior is a fixed density: its norms never switch to training behaviour
+        return self
+
+    def forward(self, joints: torch.Tensor) -> torch.Tensor:
+        from train.prior import prior_inputs
+
+        return self.vae.negative_elbo(prior_inputs(joints.float())).mean()
+
+
+def _finger_pairs(sphere_finger: torch.Tensor) -> torch.Tensor:
+    finger = sphere_finger.long()
+    first, second = torch.triu_indices(len(finger), len(finger), offset=1)
+    keep = (finger[first] >= 0) & (finger[second] >= 0) & (finger[first] != finger[second])
+    return torch.stack([first[keep], second[keep]], dim=1)
+
+
+class CollisionLoss(nn.Module):
+    """Squared interpenetration of spheres on different fingers beyond a tolerance (mm^2)."""
+
+    def __init__(self, radii: torch.Tensor, sphere_finger: torch.Tensor, tolerance_mm: float) -> None:
+        super().__init__()
+        pairs = _finger_pairs(sphere_finger.cpu())
+        self.register_buffer("pairs", pairs, persistent=False)
+        radii = radii.detach().float().cpu()
+        self.register_buffer("touching", radii[pairs[:, 0]] + radii[pairs[:, 1]], persistent=False)
+        self.tolerance = tolerance_mm
+
+    def forward(self, joints: torch.Tensor) -> torch.Tensor:
+        """joints (N, J, 3) mm -> scalar."""
+        joints = joints.float()
+        distance = (joints[:, self.pairs[:, 0]] - joints[:, self.pairs[:, 1]]).norm(dim=-1)
+        return F.relu(self.touching - distance - self.tolerance).pow(2).sum(dim=-1).mean()
+
+
+class BoneLengthLoss(nn.Module):
+    """Bone lengths outside [min_ratio, max_ratio] x their batch median (mm^2)."""
+
+    def __init__(self, bones: torch.Tensor, min_ratio: float, max_ratio: float) -> None:
+        super().__init__()
+        self.register_buffer("bones", bones.long().cpu(), persistent=False)
+        self.min_ratio, self.max_ratio = min_ratio, max_ratio
+
+    def forward(self, joints: torch.Tensor) -> torch.Tensor:
+        """joints (N, J, 3) mm -> scalar."""
+        joints = joints.float()
+        length = (joints[:, self.bones[:, 0]] - joints[:, self.bones[:, 1]]).norm(dim=-1)  # (N, K)
+        median = length.detach().median(dim=0).values
+        short = F.relu(self.min_ratio * median - length)
+        long = F.relu(length - self.max_ratio * median)
+        return (short ** 2 + long ** 2).mean()
+
+
+class HeatmapMeanLoss(nn.Module):
+    """Mean squared raw heatmap score, summed over stacks."""
+
+    def forward(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        return sum(score.float().pow(2).mean() for score in logits)
+
+
+class Losses(nn.Module):
+    """All enabled terms with their weights; ``synthetic`` and ``real`` return weighted scalars by name."""
+
+    def __init__(self, cfg: LossConfig, hand: HandModel, vae: nn.Module | None, *, size: int,
+                 cube_mm: float) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.weights = {name: float(term.weight) for name, term in cfg.terms().items() if term.enabled}
+        radii = hand.radii.detach().float().cpu()
+        modules: dict[str, Callable[[], nn.Module]] = {
+            "synthetic_heatmap": lambda: HeatmapTargetLoss(size, cube_mm, cfg.heatmap_sigma_cells),
+            "synthetic_depth": JointDepthLoss,
+            "projection": lambda: ProjectionLoss(
+                radii, size, cube_mm, inside_scale=cfg.projection_inside_scale,
+                outside_scale=cfg.projection_outside_scale, max_distance_mm=cfg.projection_max_distance_mm),
+            "consistency": ConsistencyLoss,
+            "prior": lambda: PriorLoss(vae),
+            "collision": lambda: CollisionLoss(radii, hand.sphere_finger, cfg.collision_tolerance_mm),
+            "bone_length": lambda: BoneLengthLoss(hand.bones, cfg.bone_min_ratio, cfg.bone_max_ratio),
+            "heatmap_mean": HeatmapMeanLoss,
+        }
+        self.terms = nn.ModuleDict({name: make() for name, make in modules.items() if name in self.weights})
+
+    def _weighted(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        return value * self.weights[name]
+
+    def synthetic(self, output: NetworkOutput, keypoints: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Supervised terms for synthetic images; keypoints (B, J, 3) crop-frame mm."""
+        keypoints = keypoints.to(output.joints.device, torch.float32)
+        result = {}
+        if "synthetic_heatmap" in self.terms:
+            if not output.logits:
+                raise ValueError("loss.synthetic_heatmap needs NetworkOutput.logits (the raw heatmap scores)")
+            result["synthetic_heatmap"] = self._weighted(
+                "synthetic_heatmap", self.terms["synthetic_heatmap"](output.logits, keypoints))
+        if "synthetic_depth" in self.terms:
+            result["synthetic_depth"] = self._weighted(
+                "synthetic_depth", self.terms["synthetic_depth"](_stack_joints(output), keypoints))
+        return result
+
+    def consistency_active(self, step: int) -> bool:
+        """Whether the multi-view consistency term applies at this global step."""
+        if self.cfg.epoch_steps <= 0:
+            return True
+        return step % self.cfg.epoch_steps < self.cfg.consistency_steps
+
+    def real(self, output: NetworkOutput, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """Self-supervised terms; output holds B * 3 view images, view-major per frame (index b * 3 + k)."""
+        device = output.joints.device
+        depth = batch["depth"].to(device, torch.float32, non_blocking=True)
+        cams = batch["cams"].to(device, torch.float32, non_blocking=True)
+        frames = depth.shape[0]
+        if output.joints.shape[0] != frames * NUM_VIEWS:
+            raise ValueError(f"network output has {output.joints.shape[0]} images for {frames} frames of "
+                             f"{NUM_VIEWS} views; feed batch['depth'].reshape(-1, 1, S, S)")
+        per_view = [j.reshape(frames, NUM_VIEWS, *j.shape[1:]) for j in _stack_joints(output)]
+        flat = [j.reshape(-1, *j.shape[2:]) for j in per_view]
+        result = {}
+        for name in REAL_TERMS:
+            if name not in self.terms:
+                continue
+            term = self.terms[name]
+            if name == "projection":
+                value = sum(term(j, depth, cams) for j in per_view)
+            elif name == "consistency":
+                active = self.consistency_active(step)
+                value = sum(term(j, cams) for j in per_view) if active else torch.zeros((), device=device)
+            elif name == "heatmap_mean":
+                if not output.logits:
+                    raise ValueError("loss.heatmap_mean needs NetworkOutput.logits (the raw heatmap scores)")
+                value = term(output.logits)
+            else:
+                value = sum(term(j) for j in flat)
+            result[name] = self._weighted(name, value)
+        return result
+
+
+def _stack_joints(output: NetworkOutput) -> list[torch.Tensor]:
+    return output.stack_joints or [output.joints]
+
+
+def build_losses(cfg: LossConfig, hand: HandModel, prior_path: str | None = None, *, size: int,
+                 cube_mm: float) -> Losses:
+    """The loss module; ``prior_path`` (or ``cfg.prior_path``) names the pose VAE file of ``train.prior``."""
+    vae = None
+    if cfg.prior.enabled:
+        path = prior_path or cfg.prior_path
+        if not path:
+            raise ValueError("the pose prior loss is enabled (loss.prior.enabled) but no prior file was given: "
+                             "set loss.prior_path (train one with `python -m train.prior --out prior.pt`) "
+                             "or set loss.prior.enabled to false")
+        from train.prior import load_prior
+
+        vae = load_prior(path)
+    return Losses(cfg, hand, vae, size=size, cube_mm=cube_mm)
