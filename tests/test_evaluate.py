@@ -1,0 +1,159 @@
+"""Evaluation: metrics against a direct numpy computation, checkpoint loading, the CLI's outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
+from shards.format import encode_sample, shard_name, write_tar
+from train.evaluate import (CURVE_THRESHOLDS_MM, FrameErrors, collect_errors, compute_metrics, evaluate,
+                            joint_errors, load_network, main, success_curve)
+from train.network import NetworkConfig, build_network
+
+SIZE, CUBE = 64, 300.0
+TINY = NetworkConfig(stacks=1, width=16)
+NAMES = [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: a second intra-op thread only adds spin-waits on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_metrics_match_numpy() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0, 50, (5, 36, 3))
+    predicted = np.concatenate([truth + rng.normal(0, 8, truth.shape), rng.normal(0, 50, (5, 5, 3))], axis=1)
+    errors = joint_errors(predicted, truth, list(NYU_EVAL_JOINTS))
+    frames = np.array([1, 2440, 2441, 8252, 17])
+    metrics = compute_metrics(FrameErrors(errors, frames, ["test", "test", "test", "test", "train"]), NAMES)
+
+    direct = np.array([[np.sqrt(((predicted[n, j] - truth[n, j]) ** 2).sum()) for j in NYU_EVAL_JOINTS]
+                       for n in range(5)])
+    assert metrics["mean_error_mm"] == pytest.approx(direct.mean())
+    assert list(metrics["per_joint_mm"].values()) == pytest.approx(list(direct.mean(axis=0)))
+    assert metrics["frames"] == 5
+    assert metrics["per_subject"]["1"] == {"mean_error_mm": pytest.approx(direct[:2].mean()), "frames": 2}
+    assert metrics["per_subject"]["2"] == {"mean_error_mm": pytest.approx(direct[2:4].mean()), "frames": 2}
+    assert set(metrics["per_subject"]) == {"1", "2"}  # the train-split frame belongs to no test subject
+    json.dumps(metrics)  # plain values only
+
+
+def test_success_curve_is_monotone_fraction_of_worst_joint() -> None:
+    rng = np.random.default_rng(1)
+    errors = rng.gamma(2.0, 8.0, (200, 14))
+    curve = success_curve(errors)
+    assert curve.shape == CURVE_THRESHOLDS_MM.shape and curve[0] == 0.0
+    assert np.all(np.diff(curve) >= 0) and 0 <= curve.min() and curve.max() <= 1
+    assert curve[40] == pytest.approx(np.mean(errors.max(axis=1) < 40))
+
+
+def nyu_batches(frames: list[int], batch_size: int, seed: int = 0) -> list[dict]:
+    """Hand-made NYU-format batches (the reader's layout) with random depth and joints."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start:start + batch_size]
+        batches.append({
+            "depth": torch.from_numpy(rng.uniform(-50, 150, (len(chunk), 3, SIZE, SIZE)).astype(np.float32)),
+            "joints": torch.from_numpy(rng.normal(0, 40, (len(chunk), 3, 36, 3)).astype(np.float32)),
+            "cams": torch.eye(4).repeat(len(chunk), 3, 1, 1),
+            "meta": [{"frame": f, "split": "test"} for f in chunk],
+        })
+    return batches
+
+
+def test_evaluate_runs_view_1_and_restores_the_mode() -> None:
+    torch.manual_seed(0)
+    net = build_network(TINY, size=SIZE, cube_mm=CUBE).train()
+    batches = nyu_batches([1, 2, 3, 2500, 2501], batch_size=2)
+    metrics = evaluate(net, batches, device="cpu")
+    assert net.training
+    net.eval()
+    with torch.no_grad():
+        expected = np.concatenate([
+            joint_errors(net(b["depth"][:, :1]).joints.numpy(), b["joints"][:, 0].numpy(), list(NYU_EVAL_JOINTS))
+            for b in batches])
+    assert metrics["frames"] == 5
+    assert metrics["mean_error_mm"] == pytest.approx(expected.mean(), rel=1e-5)
+    assert metrics["per_subject"]["2"]["frames"] == 2
+    assert collect_errors(net, batches, max_batches=1).errors.shape == (2, 14)
+    with pytest.raises(ValueError, match="no frames"):
+        evaluate(net, [])
+
+
+def save_checkpoint(path: Path, net: torch.nn.Module, cfg: NetworkConfig) -> None:
+    """A checkpoint in the contract's format (only what evaluation reads, plus a step)."""
+    torch.save({"step": 7, "model": net.state_dict(),
+                "config": {"model": asdict(cfg), "data": {"size": SIZE, "cube": CUBE}}}, path)
+
+
+def test_load_network_round_trip_and_errors(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = build_network(TINY, size=SIZE, cube_mm=CUBE).eval()
+    path = tmp_path / "step-7.pt"
+    save_checkpoint(path, net, TINY)
+    loaded, config = load_network(path)
+    assert config["data"]["size"] == SIZE and not loaded.training
+    x = torch.rand(2, 1, SIZE, SIZE) * 100
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).joints, net(x).joints)
+
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_network(tmp_path / "absent.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt.pt"):
+        load_network(corrupt)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": {}}, other)
+    with pytest.raises(ValueError, match="other.pt.*not a training checkpoint"):
+        load_network(other)
+    unknown = tmp_path / "unknown.pt"
+    torch.save({"model": {}, "config": {"model": {"stacks": 1, "colour": 3}, "data": {"size": 64, "cube": 300}}},
+               unknown)
+    with pytest.raises(ValueError, match="colour"):
+        load_network(unknown)
+
+
+def write_nyu_shards(directory: Path, frames: list[int]) -> None:
+    """A tiny NYU split dir in the shard format (two shards)."""
+    directory.mkdir(parents=True)
+    batch = nyu_batches(frames, batch_size=len(frames), seed=3)[0]
+    half = len(frames) // 2
+    for index, part in enumerate([range(0, half), range(half, len(frames))]):
+        samples = [(f"{frames[i]:07d}", encode_sample({
+            "depth.npy": batch["depth"][i].numpy(), "joints.npy": batch["joints"][i].numpy(),
+            "cams.npy": batch["cams"][i].numpy(),
+            "meta.json": {"frame": frames[i], "split": "test", "size": SIZE, "cube": CUBE}})) for i in part]
+        write_tar(directory / shard_name(index), samples)
+
+
+def test_cli_writes_metrics_and_success_curve(tmp_path: Path) -> None:
+    net = build_network(TINY, size=SIZE, cube_mm=CUBE)
+    checkpoint = tmp_path / "step-7.pt"
+    save_checkpoint(checkpoint, net, TINY)
+    write_nyu_shards(tmp_path / "test", [5, 6, 7, 3000, 3001])
+    out = tmp_path / "eval"
+    main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "test"), "--out", str(out),
+          "--batch-size", "2", "--num-workers", "0", "--device", "cpu"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["frames"] == 5 and set(metrics["per_subject"]) == {"1", "2"}
+    assert len(metrics["per_joint_mm"]) == 14 and metrics["mean_error_mm"] > 0
+    with open(out / "success_curve.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["threshold_mm", "fraction"] and len(rows) == 82
+    fractions = [float(r[1]) for r in rows[1:]]
+    assert fractions == sorted(fractions)
+    assert (out / "success_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,219 @@
+"""Evaluation on NYU view 1: mean 3D joint error and the max-error success curve.
+
+Protocol of the literature: view 1 of the test split, the 14 joints ``hand.NYU_EVAL_JOINTS``, mean
+Euclidean error in mm; the success curve is the fraction of frames whose *worst* joint error is below a
+threshold, 0..80 mm. The NYU test set holds two subjects: frames <= 2440 are subject 1, later frames
+subject 2 (a smaller hand).
+
+    python -m train.evaluate --checkpoint runs/x/checkpoints/step-00010000.pt --data shards/nyu/test \
+        [--out DIR] [--batch-size 64] [--device cuda]
+
+writes ``DIR/metrics.json`` ({"mean_error_mm", "per_joint_mm", "per_subject", "frames", ...}),
+``DIR/success_curve.csv`` (threshold_mm, fraction) and ``DIR/success_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.network import HourglassNet, NetworkConfig, build_network
+
+# Copies of hand.NYU_EVAL_JOINTS / NYU test facts would drift; they are read from `hand` at use.
+SUBJECT_2_FIRST_FRAME = 2441  # NYU test: frames 1..2440 show subject 1, the rest subject 2
+CURVE_THRESHOLDS_MM = np.arange(0, 81, dtype=np.float64)
+
+
+@dataclass
+class FrameErrors:
+    """Per-frame joint errors collected over a data set."""
+
+    errors: np.ndarray  # (N, K) mm, Euclidean error of each evaluated joint
+    frames: np.ndarray  # (N,) int, 1-based NYU frame number (-1 where the batch had no meta)
+    splits: list[str]  # (N,) split name of each frame ("" where unknown)
+
+
+def load_network(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[HourglassNet, dict]:
+    """The network of a training checkpoint (eval mode) and the checkpoint's resolved config dict."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt or pickled objects: all unusable
+        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {error}") from error
+    if not isinstance(payload, dict) or not {"model", "config"} <= payload.keys():
+        raise ValueError(f"{path} is not a training checkpoint (needs the keys 'model' and 'config')")
+    config = payload["config"]
+    model_cfg = _network_config(config.get("model", {}), path)
+    data = config.get("data", {})
+    try:
+        size, cube = int(data["size"]), float(data["cube"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {path}: config.data needs numeric 'size' and 'cube' ({error})") from error
+    net = build_network(model_cfg, size=size, cube_mm=cube)
+    state = {_strip_wrappers(k): v for k, v in payload["model"].items()}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {path}: weights do not fit config.model {model_cfg}: {error}") from error
+    return net.to(device).eval(), config
+
+
+def _network_config(section: dict, path: Path) -> NetworkConfig:
+    known = {f.name for f in fields(NetworkConfig)}
+    unknown = set(section) - known
+    if unknown:
+        raise ValueError(f"checkpoint {path}: unknown config.model keys {sorted(unknown)}")
+    return NetworkConfig(**section)
+
+
+def _strip_wrappers(key: str) -> str:
+    # DDP ("module.") and torch.compile ("_orig_mod.") prefixes, should a writer have left them.
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def joint_errors(predicted: np.ndarray, truth: np.ndarray, joints: list[int]) -> np.ndarray:
+    """(N, >=36, 3) predicted and (N, 36, 3) true joints in mm -> (N, len(joints)) Euclidean errors."""
+    return np.linalg.norm(predicted[:, joints] - truth[:, joints], axis=-1)
+
+
+def subject_of(frame: int, split: str) -> int | None:
+    """NYU test subject (1 or 2) of a frame, None outside the test split."""
+    if split != "test" or frame < 1:
+        return None
+    return 1 if frame < SUBJECT_2_FIRST_FRAME else 2
+
+
+def success_curve(errors: np.ndarray, thresholds_mm: np.ndarray = CURVE_THRESHOLDS_MM) -> np.ndarray:
+    """Fraction of frames whose maximum joint error is below each threshold (non-decreasing)."""
+    worst = errors.max(axis=1)
+    return (worst[None, :] < thresholds_mm[:, None]).mean(axis=1)
+
+
+def compute_metrics(collected: FrameErrors, joint_names: list[str]) -> dict:
+    """Mean error, per-joint and per-subject errors of collected frame errors."""
+    errors = collected.errors
+    if len(errors) == 0:
+        raise ValueError("no frames were evaluated (empty data set)")
+    curve = success_curve(errors)
+    metrics = {
+        "mean_error_mm": float(errors.mean()),
+        "per_joint_mm": {name: float(value) for name, value in zip(_unique(joint_names), errors.mean(axis=0))},
+        "frames": int(len(errors)),
+        "max_error_mean_mm": float(errors.max(axis=1).mean()),
+        "success_at_mm": {str(t): float(curve[t]) for t in (10, 20, 30, 40, 50, 80)},
+    }
+    subjects = np.array([subject_of(int(f), s) or 0 for f, s in zip(collected.frames, collected.splits)])
+    metrics["per_subject"] = {
+        str(subject): {"mean_error_mm": float(errors[subjects == subject].mean()),
+                       "frames": int((subjects == subject).sum())}
+        for subject in sorted(set(subjects.tolist()) - {0})}
+    return metrics
+
+
+def _unique(names: list[str]) -> list[str]:
+    return names if len(set(names)) == len(names) else [f"{i}_{name}" for i, name in enumerate(names)]
+
+
+@torch.no_grad()
+def collect_errors(net: nn.Module, loader: Iterable[dict], *, device: str | torch.device | None = None,
+                   max_batches: int | None = None) -> FrameErrors:
+    """Run the network on view 1 of every batch and return per-frame errors on NYU_EVAL_JOINTS."""
+    from hand import NYU_EVAL_JOINTS
+
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    errors, frames, splits = [], [], []
+    try:
+        for index, batch in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            depth = batch["depth"][:, 0:1].to(device, torch.float32, non_blocking=True)
+            predicted = net(depth).joints.float().cpu().numpy()
+            errors.append(joint_errors(predicted, batch["joints"][:, 0].float().numpy(), list(NYU_EVAL_JOINTS)))
+            metas = batch.get("meta") or [{}] * len(depth)
+            frames += [int(m.get("frame", -1)) for m in metas]
+            splits += [str(m.get("split", "")) for m in metas]
+    finally:
+        net.train(was_training)
+    stacked = np.concatenate(errors) if errors else np.zeros((0, len(NYU_EVAL_JOINTS)))
+    return FrameErrors(stacked, np.asarray(frames, dtype=np.int64), splits)
+
+
+def evaluate(net: nn.Module, loader: Iterable[dict], *, device: str | torch.device | None = None,
+             max_batches: int | None = None) -> dict:
+    """Metrics of ``net`` on NYU-format batches (view 1); the network's train/eval mode is restored."""
+    from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
+
+    collected = collect_errors(net, loader, device=device, max_batches=max_batches)
+    return compute_metrics(collected, [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS])
+
+
+def write_report(metrics: dict, errors: np.ndarray, out_dir: str | Path) -> list[Path]:
+    """metrics.json, success_curve.csv and success_curve.png under ``out_dir``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    curve = success_curve(errors)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with open(out / "success_curve.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["threshold_mm", "fraction"])
+        writer.writerows([f"{t:g}", f"{f:.6f}"] for t, f in zip(CURVE_THRESHOLDS_MM, curve))
+    figure, axes = plt.subplots(figsize=(5, 4))
+    axes.plot(CURVE_THRESHOLDS_MM, curve * 100)
+    axes.set(xlabel="maximum joint error threshold (mm)", ylabel="frames within threshold (%)",
+             xlim=(0, 80), ylim=(0, 100), title=f"mean error {metrics['mean_error_mm']:.2f} mm")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out / "success_curve.png", dpi=100)
+    plt.close(figure)
+    return [out / "metrics.json", out / "success_curve.csv", out / "success_curve.png"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    parser.add_argument("--data", required=True, help="NYU split shard dir, e.g. shards/nyu/test")
+    parser.add_argument("--out", default=None, help="output dir (default: <checkpoint dir>/eval-<name>)")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames per batch")
+    parser.add_argument("--num-workers", type=int, default=2, help="data loader workers")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    args = parser.parse_args(argv)
+
+    from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
+    from shards.reader import make_loader
+
+    net, _ = load_network(args.checkpoint, args.device)
+    loader = make_loader(args.data, batch_size=args.batch_size, batches_per_epoch=None,
+                         num_workers=args.num_workers, resampled=False)
+    collected = collect_errors(net, loader, device=args.device)
+    metrics = compute_metrics(collected, [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS])
+    metrics["checkpoint"] = str(args.checkpoint)
+    metrics["data"] = str(args.data)
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.parent / f"eval-{checkpoint.stem}"
+    for path in write_report(metrics, collected.errors, out):
+        print(f"wrote {path}")
+    print(f"mean error {metrics['mean_error_mm']:.2f} mm over {metrics['frames']} frames")
+
+
+if __name__ == "__main__":
+    main()
