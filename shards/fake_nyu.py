@@ -22,6 +22,7 @@ import numpy as np
 import scipy.io
 import torch
 from PIL import Image
+from scipy.ndimage import minimum_filter
 from scipy.spatial.transform import Rotation
 
 from shards.geometry import NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, NYU_INTRINSICS, nyu_xyz_to_camera, project
@@ -146,7 +147,7 @@ class FakeScene:
             camera_joints = world_to_camera(joints_world, view)
             surface = self._render(world_to_camera(world, view), all_faces)
             clean.append(surface)
-            visible.append(self._visible(surface, camera_joints))
+            visible.append(self._visible(surface, camera_joints, SUBJECT_SHAPES[subject][0]))
             depth.append(self._sensor(surface, view, rng))
             joints.append(camera_joints[:NUM_JOINTS])
         out.update(depth=np.stack(depth), clean=np.stack(clean), joints=np.stack(joints), visible=np.stack(visible))
@@ -160,13 +161,14 @@ class FakeScene:
                           background=0.0, perspective=True)
         return image[0].numpy().astype(np.float64)
 
-    def _visible(self, surface: np.ndarray, joints: np.ndarray) -> np.ndarray:
-        """A joint is visible when nothing lies more than a few mm in front of its sphere's surface."""
+    def _visible(self, surface: np.ndarray, joints: np.ndarray, scale: float) -> np.ndarray:
+        """A joint is visible when, within 4 px of its pixel (a 64-px crop cell at any offset), the nearest
+        surface is its own sphere's front: nothing lies more than 3 mm before it."""
         uvz = project(joints[:NUM_JOINTS])
         i = np.clip(uvz[:, 1].astype(int), 0, NYU_IMAGE_HEIGHT - 1)
         j = np.clip(uvz[:, 0].astype(int), 0, NYU_IMAGE_WIDTH - 1)
-        seen = surface[i, j]
-        return (seen > 0) & (seen >= uvz[:, 2] - self.radii[:NUM_JOINTS] - 6.0)
+        nearest = minimum_filter(np.where(surface > 0, surface, np.inf), size=9)[i, j]
+        return np.isfinite(nearest) & (nearest >= uvz[:, 2] - scale * self.radii[:NUM_JOINTS] - 3.0)
 
     def _sensor(self, surface: np.ndarray, view: int, rng: np.random.Generator) -> np.ndarray:
         """Wall behind, then Kinect-like noise; returns mm depth with 0 where the sensor gives none."""

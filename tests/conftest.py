@@ -1,0 +1,55 @@
+"""Shared, session-scoped test data: a small fake-NYU set and shards built from it (made once per run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_TRAIN, FAKE_TEST = 48, 16
+
+
+def run_shards(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m shards ARGS`` as a user runs it, from the repository root."""
+    result = subprocess.run([sys.executable, "-m", "shards", *map(str, args)], cwd=REPO, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"shards {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def fake_nyu_dir(tmp_path_factory) -> Path:
+    """NYU-layout data rendered from the hand model: 48 train + 16 test frames, 10% mislabelled side views."""
+    out = tmp_path_factory.mktemp("fake-nyu")
+    run_shards("fake-nyu", "--out", out, "--train", FAKE_TRAIN, "--test", FAKE_TEST, "--seed", 3,
+               "--label-outliers", 0.1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def nyu_shards_gt(fake_nyu_dir, tmp_path_factory) -> Path:
+    """``shards nyu`` with the default label-based centres and per-frame cameras, 2 workers."""
+    out = tmp_path_factory.mktemp("nyu-gt")
+    run_shards("nyu", "--nyu-root", fake_nyu_dir, "--out", out, "--samples-per-shard", 20, "--workers", 2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def nyu_shards_com_fixed(fake_nyu_dir, tmp_path_factory) -> Path:
+    """``shards nyu`` label-free: depth-only centres and one camera calibration per split."""
+    out = tmp_path_factory.mktemp("nyu-com-fixed")
+    run_shards("nyu", "--nyu-root", fake_nyu_dir, "--out", out, "--center", "com", "--cameras", "fixed",
+               "--samples-per-shard", 32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory) -> Path:
+    """40 synthetic samples in 4 shards."""
+    out = tmp_path_factory.mktemp("synthetic")
+    run_shards("synthetic", "--out", out, "--num-samples", 40, "--samples-per-shard", 10, "--seed", 5)
+    return out
