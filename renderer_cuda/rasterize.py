@@ -23,6 +23,7 @@ import numbers
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from . import extension
 from .reference import rasterize_reference
@@ -54,25 +55,27 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, height: int, width: i
     faces = faces.to(torch.int32).contiguous()
     vertices = vertices.contiguous()
     chosen = _choose_backend(backend, vertices.device)
-    if supersample > 1:
-        scale = torch.tensor([supersample, supersample, 1.0], device=vertices.device)
-        fine = _render(chosen, vertices * scale, faces, height * supersample, width * supersample,
-                       float("nan"), perspective)
-        return combine_subsamples(fine, supersample, float(background))
-    return _render(chosen, vertices, faces, height, width, float(background), perspective)
+    if chosen != "torch":  # the kernels scale x, y and combine the subsamples themselves
+        kernel = extension.load(chosen)
+        return kernel.rasterize(vertices, faces, height, width, float(background), perspective, supersample)
+    if supersample == 1:
+        return rasterize_reference(vertices, faces, height, width, float(background), perspective)
+    scale = torch.tensor([supersample, supersample, 1.0], device=vertices.device)
+    fine = rasterize_reference(vertices * scale, faces, height * supersample, width * supersample, float("nan"),
+                               perspective)
+    return combine_subsamples(fine, supersample, float(background))
 
 
 def combine_subsamples(fine: torch.Tensor, supersample: int, background: float) -> torch.Tensor:
     """(B, H*s, W*s) depth with NaN where uncovered -> (B, H, W): mean of covered subsamples if at least
-    half are covered, else ``background``."""
-    batch, fine_h, fine_w = fine.shape
-    s = supersample
-    blocks = fine.view(batch, fine_h // s, s, fine_w // s, s)
-    covered = ~torch.isnan(blocks)
-    count = covered.sum(dim=(2, 4))
-    total = torch.where(covered, blocks, torch.zeros_like(blocks)).sum(dim=(2, 4))
-    mean = total / count.clamp(min=1)
-    return torch.where(2 * count >= s * s, mean, torch.full_like(mean, background))
+    half are covered, else ``background``. The torch backend's version of the kernels' resolve_pixel."""
+    covered = ~torch.isnan(fine)
+    # Average pooling is the fast strided reduction here; both pools divide by s*s, which cancels.
+    pooled = F.avg_pool2d(torch.stack([covered.to(fine.dtype), torch.where(covered, fine, 0.0)], dim=1),
+                          supersample)
+    fraction, mean_part = pooled[:, 0], pooled[:, 1]
+    mean = mean_part / fraction.clamp(min=1.0 / (supersample * supersample))
+    return torch.where(2 * fraction >= 1.0, mean, torch.full_like(mean, background))
 
 
 def available_backends() -> list[str]:
@@ -85,13 +88,6 @@ def available_backends() -> list[str]:
         except extension.ExtensionUnavailable:
             pass
     return found + ["torch"]
-
-
-def _render(backend: str, vertices: torch.Tensor, faces: torch.Tensor, height: int, width: int, background: float,
-            perspective: bool) -> torch.Tensor:
-    if backend == "torch":
-        return rasterize_reference(vertices, faces, height, width, background, perspective)
-    return extension.load(backend).rasterize(vertices, faces, height, width, background, perspective)
 
 
 def _choose_backend(backend: str, device: torch.device) -> str:

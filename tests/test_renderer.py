@@ -57,13 +57,14 @@ def _centres(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- backends agree --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("perspective", [False, True])
-def test_cpu_matches_torch_on_random_meshes(perspective):
+@pytest.mark.parametrize("perspective, supersample", [(False, 1), (True, 1), (False, 3)])
+def test_cpu_matches_torch_on_random_meshes(perspective, supersample):
     vertices, faces = random_blobs(3, 5, 32, generator=torch.Generator().manual_seed(1))
     if perspective:
         vertices[..., 2] += 100.0  # in front of the camera
-    cpu = _render("cpu", vertices, faces, 32, perspective=perspective)
-    ref = _render("torch", vertices, faces, 32, perspective=perspective)
+    size = 32 if supersample == 1 else 16
+    cpu = _render("cpu", vertices / (32 // size), faces, size, perspective=perspective, supersample=supersample)
+    ref = _render("torch", vertices / (32 // size), faces, size, perspective=perspective, supersample=supersample)
     assert (cpu < BG).float().mean() > 0.2, "the test meshes should cover a good part of the image"
     assert _agreement(cpu, ref) >= 0.995
 
@@ -310,15 +311,17 @@ def test_rasterize_input_errors_name_the_argument(kwargs, error, name):
 def test_binding_checks_name_the_argument(cpu_kernel):
     faces = _F.int()
     with pytest.raises(ValueError, match="vertices must be contiguous"):
-        cpu_kernel.rasterize(torch.zeros(1, 3, 3).transpose(1, 2), faces, 8, 8, BG, False)
+        cpu_kernel.rasterize(torch.zeros(1, 3, 3).transpose(1, 2), faces, 8, 8, BG, False, 1)
     with pytest.raises(TypeError, match="vertices must be float32"):
-        cpu_kernel.rasterize(_V.double(), faces, 8, 8, BG, False)
+        cpu_kernel.rasterize(_V.double(), faces, 8, 8, BG, False, 1)
     with pytest.raises(TypeError, match="faces must be int32"):
-        cpu_kernel.rasterize(_V, _F, 8, 8, BG, False)
+        cpu_kernel.rasterize(_V, _F, 8, 8, BG, False, 1)
     with pytest.raises(ValueError, match="faces must have shape"):
-        cpu_kernel.rasterize(_V, faces[:, :2].contiguous(), 8, 8, BG, False)
+        cpu_kernel.rasterize(_V, faces[:, :2].contiguous(), 8, 8, BG, False, 1)
     with pytest.raises(ValueError, match="height and width"):
-        cpu_kernel.rasterize(_V, faces, 0, 8, BG, False)
+        cpu_kernel.rasterize(_V, faces, 0, 8, BG, False, 1)
+    with pytest.raises(ValueError, match="supersample"):
+        cpu_kernel.rasterize(_V, faces, 8, 8, BG, False, 0)
 
 
 @pytest.mark.parametrize("centers, radii, error, name", [

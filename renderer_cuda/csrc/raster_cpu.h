@@ -6,8 +6,8 @@
 
 namespace sphere_hand {
 
-// Clears and rasterizes rows [row_begin, row_end) of image `b` into p.depth_bits, then resolves those
-// rows to float depth in `out` (same layout as p.depth_bits).
+// Clears and rasterizes output rows [row_begin, row_end) of image `b` (their subsample rows) into
+// p.depth_bits, then resolves those rows to float depth in `out` (batch, height, width).
 void rasterize_cpu_band(const RasterParams& p, int b, int row_begin, int row_end, float background, float* out);
 
 }  // namespace sphere_hand

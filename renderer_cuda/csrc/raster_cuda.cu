@@ -5,7 +5,7 @@
 // few large ones are sampled cooperatively: the warp votes (ballot), then for each large triangle all
 // 32 lanes take its setup by shuffles and stride through its box together. Warps stay full in both
 // regimes, unlike one thread per block per triangle. Depth is combined with integer atomicMin on the
-// order-preserving int mapping of raster_math.h, then resolved to float in place.
+// order-preserving int mapping of raster_math.h, then each output pixel combines its supersamples (resolve_pixel).
 #include "raster_cuda.h"
 
 namespace sphere_hand {
@@ -20,9 +20,15 @@ __global__ void clear_kernel(int32_t* bits, int64_t count) {
         bits[k] = kEmptyDepth;
 }
 
-__global__ void resolve_kernel(const int32_t* bits, float* out, int64_t count, float background) {
-    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < count; k += (int64_t)gridDim.x * blockDim.x)
-        out[k] = resolve_depth(bits[k], background);
+// One thread per output pixel combines its s*s subsamples.
+__global__ void resolve_kernel(RasterParams p, float* out, float background) {
+    const int64_t pixels = (int64_t)p.height * p.width, count = pixels * p.batch;
+    const int64_t fine_image = pixels * p.supersample * p.supersample;
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < count; k += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t b = k / pixels, pixel = k % pixels;
+        out[k] = resolve_pixel(p.depth_bits + b * fine_image, p.width, p.supersample, (int)(pixel / p.width),
+                               (int)(pixel % p.width), background);
+    }
 }
 
 __device__ __forceinline__ void write_min(int32_t* pixel, float z) {
@@ -32,21 +38,23 @@ __device__ __forceinline__ void write_min(int32_t* pixel, float z) {
 
 __device__ void sample_box(const Triangle& t, const RasterParams& p, int32_t* image, int i0, int j0, int box_w,
                            int count, int first, int stride) {
+    const int64_t fine_w = (int64_t)p.width * p.supersample;
     for (int k = first; k < count; k += stride) {
         const int i = i0 + k / box_w, j = j0 + k % box_w;
         float z;
-        if (sample_triangle(t, p.perspective != 0, i, j, &z)) write_min(image + (int64_t)i * p.width + j, z);
+        if (sample_triangle(t, p.perspective != 0, i, j, &z)) write_min(image + i * fine_w + j, z);
     }
 }
 
 __global__ void raster_kernel(RasterParams p) {
     const int face = blockIdx.x * blockDim.x + threadIdx.x;
     const int lane = threadIdx.x & 31;
+    const int fine_h = p.height * p.supersample, fine_w = p.width * p.supersample;
     for (int b = blockIdx.y; b < p.batch; b += gridDim.y) {
-        int32_t* image = p.depth_bits + (int64_t)b * p.height * p.width;
+        int32_t* image = p.depth_bits + (int64_t)b * fine_h * fine_w;
         Triangle t = {};
         int i0 = 0, i1 = -1, j0 = 0, j1 = -1;
-        if (face < p.num_faces && setup_triangle(p, b, face, &t)) triangle_bounds(t, p.height, p.width, &i0, &i1, &j0, &j1);
+        if (face < p.num_faces && setup_triangle(p, b, face, &t)) triangle_bounds(t, fine_h, fine_w, &i0, &i1, &j0, &j1);
         const int box_w = j1 - j0 + 1, box_h = i1 - i0 + 1;
         const int count = (box_w > 0 && box_h > 0) ? box_w * box_h : 0;
 
@@ -81,12 +89,13 @@ int blocks_for(int64_t count) {
 cudaError_t rasterize_cuda(const RasterParams& p, float background, float* out, cudaStream_t stream) {
     const int64_t count = (int64_t)p.batch * p.height * p.width;
     if (count == 0) return cudaSuccess;
-    clear_kernel<<<blocks_for(count), kThreads, 0, stream>>>(p.depth_bits, count);
+    clear_kernel<<<blocks_for(count * p.supersample * p.supersample), kThreads, 0, stream>>>(
+        p.depth_bits, count * p.supersample * p.supersample);
     if (p.num_faces > 0) {
         const dim3 grid((p.num_faces + kThreads - 1) / kThreads, p.batch < 65535 ? p.batch : 65535);
         raster_kernel<<<grid, kThreads, 0, stream>>>(p);
     }
-    resolve_kernel<<<blocks_for(count), kThreads, 0, stream>>>(p.depth_bits, out, count, background);
+    resolve_kernel<<<blocks_for(count), kThreads, 0, stream>>>(p, out, background);
     return cudaGetLastError();
 }
 

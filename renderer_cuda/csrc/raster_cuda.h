@@ -9,8 +9,8 @@
 namespace sphere_hand {
 
 // Rasterizes all p.batch images into `out` (batch, height, width) float32 on the device, on `stream`.
-// p.depth_bits must point to a device buffer of the same size (it may alias `out`: the final pass
-// converts each element in place). Returns the first launch error, cudaSuccess otherwise.
+// p.depth_bits must point to a device buffer of (batch, height * s, width * s) int32, s = p.supersample.
+// Returns the first launch error, cudaSuccess otherwise.
 cudaError_t rasterize_cuda(const RasterParams& p, float background, float* out, cudaStream_t stream);
 
 }  // namespace sphere_hand

@@ -32,12 +32,13 @@ namespace sphere_hand {
 struct RasterParams {
     const float* vertices;  // (batch, num_vertices, 3) x, y in pixels, z depth; contiguous
     const int32_t* faces;   // (num_faces, 3) vertex indices, checked to lie in [0, num_vertices)
-    int32_t* depth_bits;    // (batch, height, width) ordered-int depth buffer, see float_to_ordered
+    int32_t* depth_bits;    // (batch, height * s, width * s) ordered-int subsample buffer, s = supersample
     int batch;
     int num_vertices;
     int num_faces;
-    int height;
+    int height;             // output size in pixels
     int width;
+    int supersample;        // s >= 1 subsamples per pixel and axis; x, y are scaled by s
     int perspective;        // nonzero: 1/z is interpolated linearly
 };
 
@@ -78,10 +79,6 @@ RASTER_HD float ordered_to_float(int32_t o) {
 // The cleared buffer value: +infinity, which no drawn sample writes (non-finite depths are skipped).
 constexpr int32_t kEmptyDepth = 0x7F800000;
 
-// Final depth of a pixel: its minimum, or the background where nothing was drawn.
-RASTER_HD float resolve_depth(int32_t o, float background) {
-    return o == kEmptyDepth ? background : ordered_to_float(o);
-}
 
 // ---- arithmetic without contraction -------------------------------------------------------------------
 
@@ -138,8 +135,8 @@ RASTER_HD bool setup_triangle(const RasterParams& p, int b, int face, Triangle* 
         const int32_t index = p.faces[(int64_t)face * 3 + k];
         if (index < 0 || index >= p.num_vertices) return false;
         const float* v = verts + (int64_t)index * 3;
-        t->x[k] = v[0];
-        t->y[k] = v[1];
+        t->x[k] = mul_rn(v[0], (float)p.supersample);
+        t->y[k] = mul_rn(v[1], (float)p.supersample);
         t->z[k] = v[2];
         ok = ok && is_finite(v[0]) && is_finite(v[1]) && is_finite(v[2]);
         if (p.perspective) {
@@ -191,6 +188,25 @@ RASTER_HD bool sample_triangle(const Triangle& t, bool perspective, int i, int j
     if (!is_finite(z)) return false;
     *depth = z;
     return true;
+}
+
+// Output pixel (i, j) of image `fine` (the s*s subsamples of each pixel, row length width * s): the mean
+// depth of its covered subsamples when at least half are covered, else the background. The subsamples sit
+// symmetrically around the pixel centre, so on a covered plane the mean is the depth at the centre.
+RASTER_HD float resolve_pixel(const int32_t* fine, int width, int supersample, int i, int j, float background) {
+    const int fine_w = width * supersample;
+    float total = 0.0f;
+    int covered = 0;
+    for (int a = 0; a < supersample; ++a) {
+        const int32_t* row = fine + (int64_t)(i * supersample + a) * fine_w + (int64_t)j * supersample;
+        for (int c = 0; c < supersample; ++c) {
+            if (row[c] == kEmptyDepth) continue;
+            total += ordered_to_float(row[c]);
+            ++covered;
+        }
+    }
+    if (2 * covered < supersample * supersample) return background;
+    return div_rn(total, (float)covered);
 }
 
 }  // namespace sphere_hand

@@ -7,13 +7,13 @@
 namespace sphere_hand {
 
 at::Tensor rasterize_cpu_op(const at::Tensor& vertices, const at::Tensor& faces, int64_t height, int64_t width,
-                            double background, bool perspective) {
-    check_raster_inputs(vertices, faces, height, width, at::kCPU);
+                            double background, bool perspective, int64_t supersample) {
+    check_raster_inputs(vertices, faces, height, width, supersample, at::kCPU);
     const int64_t batch = vertices.size(0);
     at::Tensor out = at::empty({batch, height, width}, vertices.options());
-    at::Tensor bits = at::empty({batch, height, width}, vertices.options().dtype(at::kInt));
+    at::Tensor bits = at::empty({batch, height * supersample, width * supersample}, vertices.options().dtype(at::kInt));
     if (batch == 0) return out;
-    const RasterParams p = make_params(vertices, faces, height, width, perspective, bits.data_ptr<int32_t>());
+    const RasterParams p = make_params(vertices, faces, height, width, supersample, perspective, bits.data_ptr<int32_t>());
 
     // Enough items to keep every thread busy even for one image; each item rescans the face list, so
     // bands are only split as far as the thread count asks for.

@@ -9,13 +9,13 @@
 namespace sphere_hand {
 
 at::Tensor rasterize_cuda_op(const at::Tensor& vertices, const at::Tensor& faces, int64_t height, int64_t width,
-                             double background, bool perspective) {
-    check_raster_inputs(vertices, faces, height, width, at::kCUDA);
+                             double background, bool perspective, int64_t supersample) {
+    check_raster_inputs(vertices, faces, height, width, supersample, at::kCUDA);
     const c10::cuda::CUDAGuard guard(vertices.device());
     const int64_t batch = vertices.size(0);
     at::Tensor out = at::empty({batch, height, width}, vertices.options());
-    at::Tensor bits = at::empty({batch, height, width}, vertices.options().dtype(at::kInt));
-    const RasterParams p = make_params(vertices, faces, height, width, perspective, bits.data_ptr<int32_t>());
+    at::Tensor bits = at::empty({batch, height * supersample, width * supersample}, vertices.options().dtype(at::kInt));
+    const RasterParams p = make_params(vertices, faces, height, width, supersample, perspective, bits.data_ptr<int32_t>());
     const cudaError_t err = rasterize_cuda(p, (float)background, out.data_ptr<float>(),
                                            at::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "rasterize_cuda launch failed: ", cudaGetErrorString(err));
