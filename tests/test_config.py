@@ -33,7 +33,8 @@ def test_yaml_and_overrides_apply_with_types(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("run: {steps: 7}\noptim: {lr: 1}\nloss: {projection: {weight: 3}}\n")
     cfg = load_config(path, ["run.dir=007", "optim.decay_at=[0.5]", "loss.prior.enabled=false",
-                             "data.real=null", "optim.grad_clip=2", "model.width=8"])
+                             "data.real=null", "optim.grad_clip=2", "model.width=8",
+                             "optim.weight_decay=3e-4"])
     assert cfg.run.steps == 7
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # ints widen to float
     assert cfg.loss.projection.weight == 3.0
@@ -43,6 +44,7 @@ def test_yaml_and_overrides_apply_with_types(tmp_path):
     assert cfg.data.real is None
     assert cfg.optim.grad_clip == 2.0
     assert cfg.model.width == 8
+    assert cfg.optim.weight_decay == 3e-4  # YAML 1.1 reads 3e-4 as a string; the float field converts it
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -155,6 +155,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-3" (no dot) as a string; Python reads it as the number meant
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"config key {key!r}{where}: expected {tp.__name__}, got {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):

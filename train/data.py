@@ -1,9 +1,9 @@
 """Training data streams: endless, per-rank, and a pure function of (seed, rank, step) so resume is exact.
 
 ``shards.reader.make_loader`` yields exactly ``batches_per_epoch`` batches per epoch on every rank
-(uneven streams would hang DDP). A :class:`BatchStream` opens one loader per epoch, seeded from
-(run seed, epoch, rank), so the batch consumed at step ``s`` is always batch ``s % batches_per_epoch``
-of epoch ``s // batches_per_epoch``. Resuming at step ``s`` reopens that epoch and skips the batches
+(uneven streams would hang DDP), in an order that is a function of (seed, epoch, rank, worker). So
+the batch consumed at step ``s`` is always batch ``s % batches_per_epoch`` of epoch
+``s // batches_per_epoch``. Resuming at step ``s`` reopens that epoch and skips the batches
 already consumed: the data position is the step count and needs nothing else in the checkpoint.
 """
 
@@ -13,8 +13,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
-
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -33,35 +31,31 @@ class DataConfig:
     cube: float = 300.0  # crop cube edge in mm (must match the shards)
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A well-mixed loader seed for one epoch of one rank (the same on a resumed run)."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
 class BatchStream:
-    """Endless batches of one shard source for this rank; :meth:`start` positions it at a step."""
+    """Endless batches of one shard source for this rank; :meth:`start` positions it at a step.
+
+    The reader draws one shard stream per (seed, epoch), identical on every rank, and splits it by
+    rank, so all ranks pass the same seed; its sample shuffle is seeded by (seed, epoch, rank, worker).
+    """
 
     def __init__(self, source: str | Path, *, batch_size: int, batches_per_epoch: int, num_workers: int,
-                 seed: int, rank: int) -> None:
+                 seed: int) -> None:
         if not Path(source).is_dir():
             raise FileNotFoundError(f"shard source {str(source)!r} is not a directory")
+        from shards.reader import make_loader
+
         self.source = str(source)
-        self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
-        self.num_workers = num_workers
-        self.seed = seed
-        self.rank = rank
+        self.loader = make_loader(source, batch_size=batch_size, batches_per_epoch=batches_per_epoch,
+                                  num_workers=num_workers, seed=seed, resampled=True)
         self._iterator: Iterator[dict[str, Any]] | None = None
         self._epoch = 0
         self._offset = 0
 
     def _open(self, epoch: int) -> None:
-        from shards.reader import make_loader
-
-        loader = make_loader(self.source, batch_size=self.batch_size, batches_per_epoch=self.batches_per_epoch,
-                             num_workers=self.num_workers, seed=epoch_seed(self.seed, epoch, self.rank),
-                             resampled=True)
-        self._iterator = iter(loader)
+        self._iterator = None  # lets the previous epoch's workers shut down first
+        self.loader.set_epoch(epoch)
+        self._iterator = iter(self.loader)
         self._epoch, self._offset = epoch, 0
 
     def start(self, step: int) -> None:
@@ -84,9 +78,9 @@ class BatchStream:
         return batch
 
 
-def build_streams(cfg: DataConfig, *, seed: int, rank: int) -> tuple[BatchStream | None, BatchStream | None]:
+def build_streams(cfg: DataConfig, *, seed: int) -> tuple[BatchStream | None, BatchStream | None]:
     """(synthetic, real) streams; None for a source that is absent or has batch size 0."""
-    common = dict(batches_per_epoch=cfg.batches_per_epoch, num_workers=cfg.num_workers, rank=rank)
+    common = dict(batches_per_epoch=cfg.batches_per_epoch, num_workers=cfg.num_workers)
     synthetic = real = None
     if cfg.synthetic and cfg.synthetic_batch > 0:
         synthetic = BatchStream(cfg.synthetic, batch_size=cfg.synthetic_batch, seed=seed, **common)
