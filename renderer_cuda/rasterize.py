@@ -29,7 +29,7 @@ from . import extension
 from .reference import rasterize_reference
 
 BACKENDS = ("auto", "cuda", "cpu", "torch")
-_MAX_SIZE = 1 << 16
+_MAX_SIZE = 1 << 15  # keeps a triangle box's pixel count within int32 in the kernels
 _fallback_warned = False
 
 

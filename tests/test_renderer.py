@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from renderer_cuda import extension, rasterize, render_spheres
+from renderer_cuda import available_backends, extension, rasterize, render_spheres
 from renderer_cuda.shapes import random_blobs, sphere_mesh
 
 BG = 1000.0
@@ -211,6 +211,10 @@ def test_auto_uses_the_cpu_kernel_without_warning(recwarn):
     assert torch.equal(rasterize(vertices, faces, 16, 16, background=BG),
                        rasterize(vertices, faces, 16, 16, background=BG, backend="cpu"))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_available_backends_lists_the_working_ones():
+    assert available_backends() == (["cuda"] if extension.is_cuda_buildable() else []) + ["cpu", "torch"]
 
 
 def test_non_contiguous_inputs_are_accepted():

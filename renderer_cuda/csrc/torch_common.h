@@ -28,8 +28,9 @@ inline void check_raster_inputs(const at::Tensor& vertices, const at::Tensor& fa
     TORCH_CHECK_VALUE(vertices.is_contiguous(), "vertices must be contiguous");
     TORCH_CHECK_VALUE(faces.is_contiguous(), "faces must be contiguous");
     TORCH_CHECK_VALUE(supersample >= 1, "supersample must be at least 1, got ", supersample);
-    TORCH_CHECK_VALUE(height > 0 && width > 0 && height * supersample <= (1 << 16) && width * supersample <= (1 << 16),
-                      "height and width times supersample must lie in [1, 65536], got ", height, " x ", width,
+    // At most 2^15 subsamples per axis keeps a triangle box's pixel count within int32 in the kernels.
+    TORCH_CHECK_VALUE(height > 0 && width > 0 && height * supersample <= (1 << 15) && width * supersample <= (1 << 15),
+                      "height and width times supersample must lie in [1, 32768], got ", height, " x ", width,
                       " at supersample ", supersample);
     TORCH_CHECK_VALUE(vertices.size(1) < INT32_MAX && faces.size(0) < INT32_MAX && vertices.size(0) < INT32_MAX,
                       "vertices/faces are too large for 32-bit indexing: ", vertices.sizes(), ", ", faces.sizes());
