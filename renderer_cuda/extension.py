@@ -134,19 +134,31 @@ def error_gist(error: BaseException, lines: int = 6) -> str:
 def _build_or_import(spec: ExtensionSpec, verbose: bool) -> ModuleType:
     directory = build_directory(spec.kind)
     name = module_name(spec.kind)
-    library = directory / f"{name}.so"
-    if (directory / _COMPLETE).exists():
-        return _import_library(name, library)
+    module = _import_cached(name, directory)
+    if module is not None:
+        return module
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):
-        if (directory / _COMPLETE).exists():  # another process built it while we waited
-            return _import_library(name, library)
+        module = _import_cached(name, directory)  # another process may have built it while we waited
+        if module is not None:
+            return module
         # cpp_extension's own baton file survives a killed build and would block forever; holding our
         # lock we know no build is running, so a leftover baton is stale.
         (directory / "lock").unlink(missing_ok=True)
         module = _compile(spec, name, directory, verbose)
         (directory / _COMPLETE).write_text(f"{name}\n")
         return module
+
+
+def _import_cached(name: str, directory: Path) -> ModuleType | None:
+    """The built module if the cache entry is complete and loads; None otherwise (a damaged entry is
+    then rebuilt in place)."""
+    if not (directory / _COMPLETE).exists():
+        return None
+    try:
+        return _import_library(name, directory / f"{name}.so")
+    except (ImportError, OSError):
+        return None
 
 
 def _compile(spec: ExtensionSpec, name: str, directory: Path, verbose: bool) -> ModuleType:
