@@ -123,8 +123,10 @@ def _results(indices: list[int], job: Job, workers: int, *, desc: str, total: in
             bar.update()
         bar.close()
         return
-    # spawn: a forked child of a process that already ran torch/OpenMP code can deadlock.
-    context = multiprocessing.get_context("spawn")
+    # fork like torch's DataLoader workers (fast start, no re-import); the initializer sets one torch thread,
+    # which is also how DataLoader keeps forked workers clear of the parent's OpenMP pool.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with context.Pool(workers, initializer=_install_job, initargs=(job,)) as pool:
         for result in pool.imap(_run_item, indices, chunksize=max(1, min(16, len(indices) // (4 * workers)))):
             yield result
