@@ -237,9 +237,10 @@ def _label(joints: np.ndarray, config: FakeNyuConfig, rng: np.random.Generator) 
 
 
 def _write_mat(path: Path, joints_camera: np.ndarray) -> None:
-    names = np.empty((1, NUM_JOINTS), dtype=object)
+    """NYU's variables: joint_names as a 1x36 cell array, joint_xyz y-up, joint_uvd (pixels, depth)."""
     import hand
 
+    names = np.empty((1, NUM_JOINTS), dtype=object)
     for i, name in enumerate(hand.NYU_JOINT_NAMES):
         names[0, i] = name
     scipy.io.savemat(str(path), {"joint_names": names, "joint_xyz": nyu_xyz_to_camera(joints_camera),
