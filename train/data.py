@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from train.distributed import deferred_preemption_signals
+
 log = logging.getLogger(__name__)
 
 
@@ -49,13 +51,17 @@ class BatchStream:
         self.loader = make_loader(source, batch_size=batch_size, batches_per_epoch=batches_per_epoch,
                                   num_workers=num_workers, seed=seed, resampled=True)
         self._iterator: Iterator[dict[str, Any]] | None = None
+        self._first: dict[str, Any] | None = None
         self._epoch = 0
         self._offset = 0
 
     def _open(self, epoch: int) -> None:
         self._iterator = None  # lets the previous epoch's workers shut down first
         self.loader.set_epoch(epoch)
-        self._iterator = iter(self.loader)
+        # Workers start at the first next(); fork them with the preemption signals held (see there).
+        with deferred_preemption_signals():
+            self._iterator = iter(self.loader)
+            self._first = next(self._iterator, None)
         self._epoch, self._offset = epoch, 0
 
     def start(self, step: int) -> None:
@@ -69,11 +75,13 @@ class BatchStream:
             self.start(0)
         if self._offset >= self.batches_per_epoch:
             self._open(self._epoch + 1)
-        try:
-            batch = next(self._iterator)  # type: ignore[arg-type]
-        except StopIteration as exc:
+        if self._first is not None:
+            batch, self._first = self._first, None
+        else:
+            batch = next(self._iterator, None)  # type: ignore[arg-type]
+        if batch is None:
             raise RuntimeError(f"{self.source}: loader ended after {self._offset} of {self.batches_per_epoch} "
-                               "batches in an epoch (every rank must get the same number)") from exc
+                               "batches in an epoch (every rank must get the same number)")
         self._offset += 1
         return batch
 

@@ -7,11 +7,13 @@ torchrun sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; a bare ``srun`` sets ``SLU
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
 from dataclasses import dataclass
 from types import FrameType
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -151,3 +153,19 @@ class PreemptionFlag:
 
     def should_stop(self) -> bool:
         return all_reduce_max(1.0 if self.received is not None else 0.0) > 0.0
+
+
+@contextlib.contextmanager
+def deferred_preemption_signals() -> Iterator[None]:
+    """Hold SIGTERM/SIGUSR1 until the block ends (they are delivered then, setting the flag).
+
+    Processes forked inside the block inherit the blocked mask. Loader workers are forked this way:
+    a scheduler's preemption signals every process of the job, and a DataLoader worker that dies of
+    SIGTERM makes its rank raise before the ranks can agree to save. Workers still end normally when
+    their loader shuts them down or their parent exits.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

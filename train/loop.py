@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from train.checkpoint import Checkpointer, seed_everything
 from train.config import EvalConfig, OptimConfig, TrainConfig, dump_config, to_plain
 from train.data import build_streams
-from train.distributed import DistEnv, PreemptionFlag, all_gather_floats, is_distributed
+from train.distributed import (DistEnv, PreemptionFlag, all_gather_floats, deferred_preemption_signals,
+                               is_distributed)
 from train.losses import REAL_TERMS, SYNTHETIC_TERMS, LossConfig, Losses, build_losses
 from train.metrics import build_metrics_sink
 from train.monitor import Evaluator, ImageMaker, step_images
@@ -306,7 +307,8 @@ class Trainer:
     def evaluate(self) -> None:
         """Collective: every rank evaluates its share; rank 0 logs."""
         if self.evaluator is not None:
-            values = self.evaluator(self.net)
+            with deferred_preemption_signals():  # its loader workers must survive a job-wide SIGTERM
+                values = self.evaluator(self.net)
             if values:
                 self.metrics.scalars(self.step, values)
 
