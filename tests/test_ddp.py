@@ -76,6 +76,7 @@ def _worker(out: Path) -> None:
             result[f"{name}_relative_l2"] = float((params - ref).norm() / (ref - start).norm())
     if env.rank == 0:
         out.write_text(json.dumps(result))
+    dist.barrier()  # rank 1 must not tear down while rank 0 still computes the reference
     teardown_distributed()
 
 

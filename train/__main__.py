@@ -54,24 +54,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from train.distributed import get_dist_env, select_device, setup_distributed, teardown_distributed
+    from train.distributed import barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
     from train.loop import Trainer, setup_run_dir
 
     env = get_dist_env()
     device = select_device(cfg.run.device, env)
     setup_distributed(env, device)
     trainer = None
+    finished_cleanly = False
     try:
         run_dir = setup_run_dir(cfg, env)
         setup_logging(run_dir, env.rank)
         trainer = Trainer(cfg, env, device, run_dir)
         finished = trainer.train()
+        barrier()  # no rank tears the process group down while another still logs or evaluates
         logging.getLogger("train").info("%s at step %d", "finished" if finished else "stopped", trainer.step)
+        finished_cleanly = True
         return 0
     finally:
         if trainer is not None:
             trainer.close()
-        teardown_distributed()
+        if finished_cleanly:  # after a failure a peer may be gone: destroying the group could block
+            teardown_distributed()
 
 
 if __name__ == "__main__":
