@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from shards.fake_nyu import FakeNyuConfig, generate  # noqa: E402
 from shards.nyu import PALM_JOINT, VIEWS, crop_depth, depth_path, load_labels, read_depth  # noqa: E402
 from shards.nyu_shards import NyuBuildConfig, build_split  # noqa: E402
 from shards.reader import make_loader  # noqa: E402
+from machine import describe_machine  # noqa: E402
 
 
 def raw_rate(split_dir: Path, repeats: int) -> float:
@@ -57,16 +56,6 @@ def build_rate(root: Path, out: Path, workers: int, frames: int) -> float:
     return frames / (time.perf_counter() - start)
 
 
-def machine() -> str:
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores visible, Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -87,7 +76,7 @@ def main() -> int:
             "build_frames_per_s_2_workers": build_rate(root, Path(scratch) / "w2", 2, frames),
             "raw_samples_per_s": raw_rate(root / "train", args.repeats),
             "shard_samples_per_s": shard_rate(Path(scratch) / "w1" / "train", args.repeats * 4),
-            "machine": machine(),
+            "machine": describe_machine(),
         }
     results["shard_over_raw"] = results["shard_samples_per_s"] / results["raw_samples_per_s"]
     print(f"machine: {results['machine']}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from renderer_cuda import rasterize  # noqa: E402
 from renderer_cuda.shapes import random_blobs  # noqa: E402
 from shards.geometry import background_depth, crop_to_pixels  # noqa: E402
+from machine import describe_machine  # noqa: E402
 
 CUBE_MM = 300.0
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
         return images / seconds
 
     result = {"source": source, "batch": batch, "size": size, "triangles": int(faces.shape[0]),
-              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+              "threads": torch.get_num_threads(), "machine": describe_machine()}
     result["cpu_images_per_s"] = record("cpu kernel", batch, seconds_per_call(lambda: draw(vertices, "cpu"),
                                                                               args.repeats))
     result["cpu_ss2_images_per_s"] = record("cpu kernel, supersample 2", batch, seconds_per_call(
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
 def print_table(rows: list[tuple[str, int, float, float]], result: dict) -> None:
     print(f"meshes: {result['source']}, {result['triangles']} triangles, {result['batch']} poses, "
           f"{result['size']}x{result['size']} crops, torch threads {result['threads']}")
-    print(f"| method | images | s per call | images/s |\n| --- | ---: | ---: | ---: |")
+    print("| method | images | s per call | images/s |\n| --- | ---: | ---: | ---: |")
     for name, images, seconds, rate in rows:
         print(f"| {name} | {images} | {seconds:.4f} | {rate:,.0f} |" if rate >= 100 else
               f"| {name} | {images} | {seconds:.4f} | {rate:.2f} |")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,19 +60,6 @@ def run(procs: int, steps: int, device: str, real: Path | None, synthetic: Path,
             "render_fraction": mean("train/render_fraction"), "wall_s": time.perf_counter() - start}
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def table(rows: list[dict], host: str) -> str:
@@ -102,7 +89,7 @@ def main() -> None:
     real, synthetic = build_data(args.data)
     rows = [run(int(n), args.steps, args.device, None if args.synthetic_only else real, synthetic,
                 args.data / f"run-{args.device}-{n}-{time.time_ns()}") for n in args.procs.split(",")]
-    host = machine()
+    host = describe_machine()
     text = table(rows, host)
     print(text)
     if args.notes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import itertools
 import tarfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator

@@ -7,9 +7,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_TRAIN, FAKE_TEST = 48, 16
+
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for tiny models: a second only adds spin-waits on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_shards(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -22,13 +22,7 @@ TINY = NetworkConfig(stacks=1, width=16)
 NAMES = [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: a second intra-op thread only adds spin-waits on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_metrics_match_numpy() -> None:
