@@ -111,3 +111,19 @@ def test_cli_exits_nonzero_naming_wrong_type(tmp_path):
     result = run_cli("--config", str(bad))
     assert result.returncode != 0 and "'run.steps'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_validate_requires_the_prior_file_and_a_test_split(tmp_path):
+    real = tmp_path / "nyu"
+    (real / "train").mkdir(parents=True)
+    base = [f"data.real={real}", "loss.prior.enabled=true"]
+    with pytest.raises(ConfigError, match="'data.real'.*no test/ split"):
+        validate(load_config(None, base))
+    (real / "test").mkdir()
+    with pytest.raises(ConfigError, match="'loss.prior_path' is required"):
+        validate(load_config(None, base))
+    with pytest.raises(ConfigError, match="'loss.prior_path'.*does not exist"):
+        validate(load_config(None, [*base, f"loss.prior_path={tmp_path / 'prior.pt'}"]))
+    (tmp_path / "prior.pt").write_bytes(b"")
+    validate(load_config(None, [*base, f"loss.prior_path={tmp_path / 'prior.pt'}"]))
+    validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false"]))

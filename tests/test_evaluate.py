@@ -14,7 +14,7 @@ import torch
 from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
 from shards.format import encode_sample, shard_name, write_tar
 from train.evaluate import (CURVE_THRESHOLDS_MM, FrameErrors, collect_errors, compute_metrics, evaluate,
-                            joint_errors, load_network, main, success_curve)
+                            joint_errors, load_network, main, resolve_checkpoint, success_curve)
 from train.network import NetworkConfig, build_network
 
 SIZE, CUBE = 64, 300.0
@@ -151,3 +151,26 @@ def test_cli_writes_metrics_and_success_curve(tmp_path: Path) -> None:
     fractions = [float(r[1]) for r in rows[1:]]
     assert fractions == sorted(fractions)
     assert (out / "success_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_dir_resolves_to_its_newest_checkpoint(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for step in (3, 12):
+        save_checkpoint(checkpoints / f"step-{step:09d}.pt", build_network(TINY, size=SIZE, cube_mm=CUBE), TINY)
+    (checkpoints / ".step-000000020.pt.tmp.1").write_bytes(b"partial")  # an unfinished write is no checkpoint
+    assert resolve_checkpoint(tmp_path / "run") == checkpoints / "step-000000012.pt"
+    assert resolve_checkpoint(checkpoints) == checkpoints / "step-000000012.pt"
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        resolve_checkpoint(tmp_path)
+
+
+def test_cli_bad_inputs_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    checkpoint = tmp_path / "step-7.pt"
+    save_checkpoint(checkpoint, build_network(TINY, size=SIZE, cube_mm=CUBE), TINY)
+    for argv, named in ((["--checkpoint", str(tmp_path / "absent.pt"), "--data", str(tmp_path)], "absent.pt"),
+                        (["--checkpoint", str(checkpoint), "--data", str(tmp_path / "nodata")], "nodata")):
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, "--num-workers", "0", "--device", "cpu"])
+        assert exited.value.code == 2
+        assert named in capsys.readouterr().err

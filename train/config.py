@@ -272,6 +272,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"config key {key!r}: {path!r} does not exist")
     if cfg.data.real and not (Path(cfg.data.real) / "train").is_dir():
         raise ConfigError(f"config key 'data.real': {cfg.data.real!r} has no train/ split (NYU shards root)")
+    if cfg.data.real and cfg.eval.every > 0 and not (Path(cfg.data.real) / "test").is_dir():
+        raise ConfigError(f"config key 'data.real': {cfg.data.real!r} has no test/ split to evaluate on "
+                          "(build it, or set eval.every=0)")
+    uses_prior = bool(cfg.data.real) and cfg.data.real_batch > 0 and cfg.loss.prior.enabled
+    if uses_prior and not cfg.loss.prior_path:
+        raise ConfigError("config key 'loss.prior_path' is required while 'loss.prior.enabled' is true "
+                          "(train one with: python -m train.prior --out prior.pt)")
+    if uses_prior and not Path(cfg.loss.prior_path).is_file():
+        raise ConfigError(f"config key 'loss.prior_path': {cfg.loss.prior_path!r} does not exist")
     for key in ("data.batches_per_epoch", "metrics.log_every", "eval.batch_size"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:

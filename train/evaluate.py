@@ -5,8 +5,9 @@ Euclidean error in mm; the success curve is the fraction of frames whose *worst*
 threshold, 0..80 mm. The NYU test set holds two subjects: frames <= 2440 are subject 1, later frames
 subject 2 (a smaller hand).
 
-    python -m train.evaluate --checkpoint runs/x/checkpoints/step-00010000.pt --data shards/nyu/test \
+    python -m train.evaluate --checkpoint runs/x/checkpoints/step-000010000.pt --data shards/nyu/test \
         [--out DIR] [--batch-size 64] [--device cuda]
+    python -m train.evaluate --checkpoint runs/x --data shards/nyu/test    # newest checkpoint of a run
 
 writes ``DIR/metrics.json`` ({"mean_error_mm", "per_joint_mm", "per_subject", "frames", ...}),
 ``DIR/success_curve.csv`` (threshold_mm, fraction) and ``DIR/success_curve.png``.
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from train.checkpoint import list_checkpoints
 from train.network import HourglassNet, NetworkConfig, build_network
 
 # Copies of hand.NYU_EVAL_JOINTS / NYU test facts would drift; they are read from `hand` at use.
@@ -41,9 +43,24 @@ class FrameErrors:
     splits: list[str]  # (N,) split name of each frame ("" where unknown)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the newest complete checkpoint of a run dir or its checkpoints/ dir."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = list_checkpoints(directory)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint (step-*.pt) in {directory}")
+    return found[-1][1]
+
+
 def load_network(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[HourglassNet, dict]:
-    """The network of a training checkpoint (eval mode) and the checkpoint's resolved config dict."""
-    path = Path(checkpoint)
+    """The network of a training checkpoint (eval mode) and the checkpoint's resolved config dict.
+
+    ``checkpoint`` is a checkpoint file, or a run directory whose newest checkpoint is taken.
+    """
+    path = resolve_checkpoint(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -190,7 +207,8 @@ def write_report(metrics: dict, errors: np.ndarray, out_dir: str | Path) -> list
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training checkpoint (.pt), or a run dir: its newest checkpoint")
     parser.add_argument("--data", required=True, help="NYU split shard dir, e.g. shards/nyu/test")
     parser.add_argument("--out", default=None, help="output dir (default: <checkpoint dir>/eval-<name>)")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per batch")
@@ -199,16 +217,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
+    from shards.format import ShardsError
     from shards.reader import make_loader
 
-    net, _ = load_network(args.checkpoint, args.device)
-    loader = make_loader(args.data, batch_size=args.batch_size, batches_per_epoch=None,
-                         num_workers=args.num_workers, resampled=False)
-    collected = collect_errors(net, loader, device=args.device)
-    metrics = compute_metrics(collected, [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS])
-    metrics["checkpoint"] = str(args.checkpoint)
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        net, _ = load_network(checkpoint, args.device)
+        loader = make_loader(args.data, batch_size=args.batch_size, batches_per_epoch=None,
+                             num_workers=args.num_workers, resampled=False)
+        collected = collect_errors(net, loader, device=args.device)
+        metrics = compute_metrics(collected, [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS])
+    except (OSError, ValueError, ShardsError) as error:
+        parser.exit(2, f"error: {error}\n")
+    metrics["checkpoint"] = str(checkpoint)
     metrics["data"] = str(args.data)
-    checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / f"eval-{checkpoint.stem}"
     for path in write_report(metrics, collected.errors, out):
         print(f"wrote {path}")
