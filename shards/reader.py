@@ -15,6 +15,8 @@ import io
 import json
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +29,31 @@ from shards.format import DECODABLE_EXTENSIONS, ShardsError
 
 SHUFFLE_BUFFER = 1000
 SHUFFLE_INITIAL = 100
+# A scheduler's preemption signals every process of the job; the rank that owns the loader decides
+# when to stop (it checkpoints first), so its loader workers must outlive these signals.
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _obey_parent_only(signals: tuple[int, ...], parent: int) -> None:
+    """Wait for ``signals`` (blocked in every thread) and end the worker only when ``parent`` sent one."""
+    while True:
+        info = signal.sigwaitinfo(signals)
+        if info.si_pid == parent:
+            os._exit(128 + info.si_signo)
+
+
+def preemption_proof_worker(worker_id: int) -> None:
+    """``worker_init_fn``: a loader worker ignores SIGTERM/SIGUSR1 from anyone but its parent process.
+
+    Ignoring them outright is not enough: at exit (``multiprocessing``'s atexit hook, and the
+    DataLoader's own shutdown) the parent ends its daemonic workers with SIGTERM and then joins them,
+    while an idle worker only notices its parent's death after the parent is gone, so a worker that
+    ignored that SIGTERM would hang its parent's exit forever. The signals are blocked and a thread
+    takes them with ``sigwaitinfo``, which reports the sender: the parent's SIGTERM still ends the worker.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+    threading.Thread(target=_obey_parent_only, args=(PREEMPTION_SIGNALS, os.getppid()),
+                     name=f"loader-worker-{worker_id}-signals", daemon=True).start()
 
 
 def get_rank_world() -> tuple[int, int]:
@@ -163,7 +190,8 @@ def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int |
                   wds.batched(batch_size, collation_fn=collate, partial=True)]
     dataset = wds.DataPipeline(*stages)
     loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                           persistent_workers=False, pin_memory=False)
+                           persistent_workers=False, pin_memory=False,
+                           worker_init_fn=preemption_proof_worker if num_workers > 0 else None)
     if resampled:
         loader = loader.with_epoch(batches_per_epoch)
     return ShardLoader(loader, epoch_stages, batches_per_epoch if resampled else None)

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from train.distributed import deferred_preemption_signals
-
 log = logging.getLogger(__name__)
 
 
@@ -58,10 +56,9 @@ class BatchStream:
     def _open(self, epoch: int) -> None:
         self._iterator = None  # lets the previous epoch's workers shut down first
         self.loader.set_epoch(epoch)
-        # Workers start at the first next(); fork them with the preemption signals held (see there).
-        with deferred_preemption_signals():
-            self._iterator = iter(self.loader)
-            self._first = next(self._iterator, None)
+        # Workers start here; shards.reader makes them ignore a job-wide SIGTERM (this rank checkpoints).
+        self._iterator = iter(self.loader)
+        self._first = next(self._iterator, None)
         self._epoch, self._offset = epoch, 0
 
     def start(self, step: int) -> None:

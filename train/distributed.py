@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import faulthandler
 import os
 import signal
+import sys
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from types import FrameType
 from typing import Iterator
@@ -67,14 +72,81 @@ def select_device(requested: str, env: DistEnv) -> torch.device:
     return torch.device(requested)
 
 
-def setup_distributed(env: DistEnv, device: torch.device, timeout_s: float = 1800.0) -> None:
-    """Join the process group when there is more than one rank: NCCL on GPUs, gloo on CPU."""
+def setup_distributed(env: DistEnv, device: torch.device, timeout_s: float = 1800.0,
+                      setup_timeout_s: float | None = None) -> None:
+    """Join the process group when there is more than one rank: NCCL on GPUs, gloo on CPU.
+
+    ``timeout_s`` bounds every collective; joining is bounded by ``setup_timeout_s`` (default
+    ``TRAIN_DIST_SETUP_TIMEOUT`` seconds, else 300): a rank that cannot join in time exits with
+    status 1 and a message instead of hanging (torchrun then restarts or fails the job).
+    """
     if env.world_size <= 1 or dist.is_initialized():
         return
+    if setup_timeout_s is None:
+        setup_timeout_s = float(os.environ.get("TRAIN_DIST_SETUP_TIMEOUT", "300"))
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    kwargs: dict[str, object] = {"device_id": device} if device.type == "cuda" else {}
+    deadline = time.monotonic() + setup_timeout_s
+    with _give_up_after(setup_timeout_s, f"rank {env.rank} of {env.world_size} could not join the {backend} "
+                        f"process group via {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"):
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            kwargs["store"] = _generation_store(env, deadline)
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+
+
+@contextlib.contextmanager
+def _give_up_after(seconds: float, what: str) -> Iterator[None]:
+    """Turn a hang in the block into exit status 1 with ``what`` and every thread's stack on stderr."""
+
+    def give_up() -> None:
+        sys.stderr.write(f"error: {what} within {seconds:.0f} s (TRAIN_DIST_SETUP_TIMEOUT); giving up\n")
+        sys.stderr.flush()
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(1)  # the main thread is stuck in native code: an exception could not reach it
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _generation_store(env: DistEnv, deadline: float) -> dist.Store:
+    """A key-value store that belongs to this generation of ranks only.
+
+    Under torchrun the ranks would share the agent's TCPStore (``TORCHELASTIC_USE_AGENT_STORE``),
+    and the agent keeps that one server for every restart: the ranks of a restart then read the
+    process-group keys (gloo/NCCL peer addresses) that the dead generation left behind and connect
+    to ports nobody listens on any more (pytorch/pytorch#135712). ``TORCHELASTIC_RESTART_COUNT`` is
+    no fix: each node's agent counts its own restarts. So rank 0 serves a fresh store on a free port
+    and publishes its port and a random token in the agent's store; the other ranks retry until the
+    published store answers with that token, which a dead generation's entry never does.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    key = f"train/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/generation_store"
+    agent = dist.TCPStore(host, port, is_master=False, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=max(deadline - time.monotonic(), 1.0)))
+    if env.rank == 0:
+        own = dist.TCPStore(host, 0, env.world_size, is_master=True, wait_for_workers=False,
+                            timeout=datetime.timedelta(seconds=max(deadline - time.monotonic(), 1.0)))
+        token = uuid.uuid4().hex
+        own.set("token", token)
+        agent.set(key, f"{own.port}:{token}")
+        return dist.PrefixStore("pg", own)
+    while time.monotonic() < deadline:
+        if agent.check([key]):
+            published_port, token = agent.get(key).decode().split(":")
+            with contextlib.suppress(RuntimeError):  # a dead generation's port: refused or no token
+                client = dist.TCPStore(host, int(published_port), is_master=False, wait_for_workers=False,
+                                       timeout=datetime.timedelta(seconds=2))
+                if client.check(["token"]) and client.get("token").decode() == token:
+                    return dist.PrefixStore("pg", client)
+        time.sleep(0.2)
+    raise TimeoutError(f"rank {env.rank}: rank 0 never published a live store under {key!r} in the "
+                       f"torchrun agent's store {host}:{port}")
 
 
 def teardown_distributed() -> None:
@@ -153,19 +225,3 @@ class PreemptionFlag:
 
     def should_stop(self) -> bool:
         return all_reduce_max(1.0 if self.received is not None else 0.0) > 0.0
-
-
-@contextlib.contextmanager
-def deferred_preemption_signals() -> Iterator[None]:
-    """Hold SIGTERM/SIGUSR1 until the block ends (they are delivered then, setting the flag).
-
-    Processes forked inside the block inherit the blocked mask. Loader workers are forked this way:
-    a scheduler's preemption signals every process of the job, and a DataLoader worker that dies of
-    SIGTERM makes its rank raise before the ranks can agree to save. Workers still end normally when
-    their loader shuts them down or their parent exits.
-    """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -27,8 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from train.checkpoint import Checkpointer, seed_everything
 from train.config import EvalConfig, OptimConfig, TrainConfig, dump_config, to_plain
 from train.data import build_streams
-from train.distributed import (DistEnv, PreemptionFlag, all_gather_floats, deferred_preemption_signals,
-                               is_distributed)
+from train.distributed import DistEnv, PreemptionFlag, all_gather_floats, is_distributed
 from train.losses import REAL_TERMS, SYNTHETIC_TERMS, LossConfig, Losses, build_losses
 from train.metrics import build_metrics_sink
 from train.monitor import Evaluator, ImageMaker, step_images
@@ -199,8 +198,7 @@ class Trainer:
         from hand import HandModel
 
         self.cfg, self.env, self.device, self.run_dir = cfg, env, device, run_dir
-        # First, so that loader workers (forked later) inherit the handler: a job-wide SIGTERM then sets
-        # their (unused) flag instead of killing them before the ranks have saved.
+        # Before anything slow: a SIGTERM during setup must set the flag, not kill the rank.
         self.preemption = PreemptionFlag().install()
         seed_everything(cfg.run.seed + env.rank)
         size, cube = cfg.data.size, cfg.data.cube
@@ -307,8 +305,7 @@ class Trainer:
     def evaluate(self) -> None:
         """Collective: every rank evaluates its share; rank 0 logs."""
         if self.evaluator is not None:
-            with deferred_preemption_signals():  # its loader workers must survive a job-wide SIGTERM
-                values = self.evaluator(self.net)
+            values = self.evaluator(self.net)  # its loader workers ignore a job-wide SIGTERM (shards.reader)
             if values:
                 self.metrics.scalars(self.step, values)
 

@@ -1,0 +1,95 @@
+"""A crashed rank under ``torchrun --max-restarts`` and loader workers under job-wide signals, as users meet them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+
+from train.checkpoint import list_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 40
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def rank_of(pid: int) -> int | None:
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+def test_sigkilled_rank_restarts_and_resumes_from_the_checkpoint(synthetic_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           "-m", "train", "--config", "configs/ci.yaml", f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}",
+           f"run.steps={STEPS}", "model.width=16", "data.synthetic_batch=8", "data.batches_per_epoch=7",
+           "eval.every=0", "eval.at_start=false", "checkpoint.every=5", "checkpoint.keep=2",
+           "metrics.image_every=0", "metrics.log_every=5"]
+    # A hang in process-group setup must become an error well inside this test's time.
+    env = dict(os.environ, TRAIN_DIST_SETUP_TIMEOUT="60")
+    agent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not list_checkpoints(run_dir / "checkpoints"):
+            assert agent.poll() is None and time.monotonic() < deadline, agent.communicate()[0][-4000:]
+            time.sleep(0.05)
+        ranks = {rank_of(pid): pid for pid in children(agent.pid)}
+        assert set(ranks) == {0, 1}, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        killed_after = list_checkpoints(run_dir / "checkpoints")[-1][0]
+        output = agent.communicate(timeout=120)[0]
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert agent.returncode == 0, output[-5000:]
+    assert killed_after < STEPS
+    final = list_checkpoints(run_dir / "checkpoints")[-1]
+    assert final[0] == STEPS and torch.load(final[1], weights_only=True)["step"] == STEPS
+    log = (run_dir / "train.log").read_text()
+    assert "resumed from" in log and f"finished at step {STEPS}" in log, log[-3000:]
+    env_log = (run_dir / "env.log").read_text()
+    assert env_log.count("=== start") == 2 and "TORCHELASTIC_RESTART_COUNT=1" in env_log
+
+
+WORKER_SCRIPT = textwrap.dedent("""
+    import os, subprocess, sys, time
+    from pathlib import Path
+    from shards.reader import make_loader
+
+    loader = iter(make_loader(sys.argv[1], batch_size=4, batches_per_epoch=50, num_workers=1, seed=0))
+    next(loader)
+    (worker,) = [int(p) for t in Path("/proc/self/task").iterdir() for p in (t / "children").read_text().split()]
+    # A scheduler's SIGTERM comes from another process: the worker must not die of it.
+    subprocess.run(["kill", "-TERM", str(worker)], check=True)
+    subprocess.run(["kill", "-USR1", str(worker)], check=True)
+    time.sleep(0.5)
+    for _ in range(10):
+        next(loader)
+    print("worker alive after SIGTERM:", Path(f"/proc/{worker}").exists(), flush=True)
+    # Fail with the loader still open, as a rank does whose peer crashed: exit must not wait on the worker.
+    raise RuntimeError("peer gone")
+""")
+
+
+def test_loader_worker_survives_foreign_sigterm_and_never_blocks_exit(synthetic_shards):
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, str(synthetic_shards)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert "worker alive after SIGTERM: True" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 1 and "RuntimeError: peer gone" in result.stderr, result.stderr[-3000:]
+    assert time.monotonic() - start < 30, "the failed process waited on its loader worker at exit"
