@@ -157,3 +157,41 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise ShardsError(f"{path}: format_version {manifest.get('format_version')!r}, "
                           f"this code reads {FORMAT_VERSION}")
     return manifest
+
+
+def crop_geometry(directory: str | Path) -> tuple[int, float]:
+    """(size S in pixels, cube in mm) of an NYU split dir's crops, read once from its metadata.
+
+    The manifest's build args when there is a manifest, else the first sample's ``meta.json`` (a split
+    dir assembled by hand). Training compares them with its config: a different cube changes the
+    mm-per-pixel scale every real loss uses, without any shape error to give it away.
+    """
+    directory = Path(directory)
+    if (directory / MANIFEST_NAME).exists():
+        manifest = read_manifest(directory)
+        source, values = directory / MANIFEST_NAME, manifest.get("args", {})
+        if manifest.get("kind") != "nyu":
+            raise ShardsError(f"{source}: kind {manifest.get('kind')!r}, expected NYU shards ('nyu')")
+    else:
+        source, values = _first_meta(directory)
+    try:
+        return int(values["size"]), float(values["cube"])
+    except (KeyError, TypeError, ValueError):
+        raise ShardsError(f"{source}: no crop size/cube (has {sorted(values)})") from None
+
+
+def _first_meta(directory: Path) -> tuple[str, dict[str, Any]]:
+    """(where, value) of the first ``meta.json`` entry in the first shard of ``directory``."""
+    shards = sorted(directory.glob("shard-*.tar"))
+    if not shards:
+        raise ShardsError(f"{directory}: no {MANIFEST_NAME} and no shard-*.tar files")
+    with tarfile.open(shards[0]) as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".meta.json"):
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file always has data
+                try:
+                    return f"{shards[0]}:{member.name}", json.loads(handle.read())
+                except json.JSONDecodeError as error:
+                    raise ShardsError(f"{shards[0]}:{member.name}: not valid JSON ({error})") from None
+    raise ShardsError(f"{shards[0]}: no meta.json entry (not NYU shards?)")

@@ -7,6 +7,10 @@ Stages (resampled, for training):
 and the loader stops after exactly ``batches_per_epoch`` batches: every rank steps the same number of
 times, even with fewer shards than ranks x workers, because the resampled stream never runs dry.
 ``resampled=False`` reads each shard once in order (evaluation) and keeps the last partial batch.
+
+The rank split comes from explicit ``rank``/``world_size`` arguments, else from torch.distributed when a
+process group is initialised, else there is none: exported ``RANK``/``WORLD_SIZE`` variables alone never
+split the data (a single-process evaluation inside a torchrun/SLURM shell must still read every sample).
 """
 
 from __future__ import annotations
@@ -57,12 +61,25 @@ def preemption_proof_worker(worker_id: int) -> None:
 
 
 def get_rank_world() -> tuple[int, int]:
-    """(rank, world size): torch.distributed if initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    """(rank, world size) of the initialised torch.distributed process group, else (0, 1).
+
+    Environment variables are deliberately ignored: without a process group the ranks cannot gather
+    their shares, so splitting on ``RANK``/``WORLD_SIZE`` alone would silently drop data.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     return 0, 1
+
+
+def resolve_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit (rank, world_size) when both are given (checked), else :func:`get_rank_world`."""
+    if rank is None and world_size is None:
+        return get_rank_world()
+    if rank is None or world_size is None:
+        raise ValueError(f"give both rank and world_size or neither (got rank={rank}, world_size={world_size})")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
+    return rank, world_size
 
 
 def list_shards(source: str | Path) -> list[str]:
@@ -128,7 +145,13 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
         else:
             from PIL import Image
 
-            out[field] = np.asarray(Image.open(io.BytesIO(value)))
+            # formats=["PNG"]: PIL must not sniff the bytes and pick another (larger-attack-surface) decoder.
+            try:
+                with Image.open(io.BytesIO(value), formats=["PNG"]) as image:
+                    out[field] = np.asarray(image)
+            except (OSError, ValueError) as error:
+                raise ShardsError(f"{out['__url__']}: entry {sample['__key__']}.{name} is not a PNG image "
+                                  f"({error})") from None
     return out
 
 
@@ -170,12 +193,17 @@ class ShardLoader:
 
 
 def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int | None, num_workers: int = 2,
-                seed: int = 0, resampled: bool = True) -> ShardLoader:
-    """Batches (dicts of tensors, ``meta`` a list) from the shards in ``source``; see the module doc."""
+                seed: int = 0, resampled: bool = True, rank: int | None = None,
+                world_size: int | None = None) -> ShardLoader:
+    """Batches (dicts of tensors, ``meta`` a list) from the shards in ``source``; see the module doc.
+
+    ``rank``/``world_size``: this reader's share of the data; default: the initialised process group's,
+    else the whole data set.
+    """
     if resampled and not batches_per_epoch:
         raise ValueError("resampled=True needs batches_per_epoch (the stream is endless)")
     urls = list_shards(source)
-    rank, world = get_rank_world()
+    rank, world = resolve_rank_world(rank, world_size)
     epoch_stages: list[Any] = []
     if resampled:
         shard_list = EpochResampledShards(urls, seed)

@@ -10,6 +10,7 @@ already consumed: the data position is the step count and needs nothing else in 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -83,6 +84,26 @@ class BatchStream:
         return batch
 
 
+def check_crop_geometry(cfg: DataConfig, split_dir: str | Path) -> None:
+    """Refuse NYU shards cropped with another size/cube than the config's ``data.size``/``data.cube``.
+
+    A size mismatch would fail later on shapes, but a cube mismatch is silent: the losses would use
+    the wrong mm-per-pixel scale. Raises ValueError naming the dir, both values and the config keys.
+    """
+    from shards.format import crop_geometry
+
+    size, cube = crop_geometry(split_dir)
+    wrong = []
+    if size != cfg.size:
+        wrong.append(f"size {size} px (config key data.size = {cfg.size})")
+    if not math.isclose(cube, cfg.cube, rel_tol=1e-6):
+        wrong.append(f"cube {cube:g} mm (config key data.cube = {cfg.cube:g})")
+    if wrong:
+        raise ValueError(f"NYU shards {split_dir} were cropped with {' and '.join(wrong)}: set data.size/"
+                         f"data.cube to match, or rebuild the shards with `python -m shards nyu --size "
+                         f"{cfg.size} --cube {cfg.cube:g}`")
+
+
 def build_streams(cfg: DataConfig, *, seed: int) -> tuple[BatchStream | None, BatchStream | None]:
     """(synthetic, real) streams; None for a source that is absent or has batch size 0."""
     common = dict(batches_per_epoch=cfg.batches_per_epoch, num_workers=cfg.num_workers)
@@ -90,6 +111,7 @@ def build_streams(cfg: DataConfig, *, seed: int) -> tuple[BatchStream | None, Ba
     if cfg.synthetic and cfg.synthetic_batch > 0:
         synthetic = BatchStream(cfg.synthetic, batch_size=cfg.synthetic_batch, seed=seed, **common)
     if cfg.real and cfg.real_batch > 0:
+        check_crop_geometry(cfg, Path(cfg.real) / "train")
         real = BatchStream(Path(cfg.real) / "train", batch_size=cfg.real_batch, seed=seed + 1, **common)
     if synthetic is None and real is None:
         raise ValueError("no training data: set data.synthetic and/or data.real (with a batch size > 0)")
