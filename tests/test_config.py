@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.test_train_data import write_nyu_split
 from train.config import ConfigError, TrainConfig, dump_config, load_config, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,11 +116,11 @@ def test_cli_exits_nonzero_naming_wrong_type(tmp_path):
 
 def test_validate_requires_the_prior_file_and_a_test_split(tmp_path):
     real = tmp_path / "nyu"
-    (real / "train").mkdir(parents=True)
+    write_nyu_split(real / "train", size=64, cube=300.0)
     base = [f"data.real={real}", "loss.prior.enabled=true"]
     with pytest.raises(ConfigError, match="'data.real'.*no test/ split"):
         validate(load_config(None, base))
-    (real / "test").mkdir()
+    write_nyu_split(real / "test", size=64, cube=300.0)
     with pytest.raises(ConfigError, match="'loss.prior_path' is required"):
         validate(load_config(None, base))
     with pytest.raises(ConfigError, match="'loss.prior_path'.*does not exist"):
@@ -127,3 +128,12 @@ def test_validate_requires_the_prior_file_and_a_test_split(tmp_path):
     (tmp_path / "prior.pt").write_bytes(b"")
     validate(load_config(None, [*base, f"loss.prior_path={tmp_path / 'prior.pt'}"]))
     validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false"]))
+
+
+def test_validate_refuses_shards_of_another_crop_geometry(tmp_path):
+    real = tmp_path / "nyu"
+    write_nyu_split(real / "train", size=64, cube=300.0)
+    write_nyu_split(real / "test", size=64, cube=250.0)
+    with pytest.raises(ConfigError, match=r"'data.real'.*test.*cube 250 mm"):
+        validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false"]))
+    validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false", "eval.every=0"]))

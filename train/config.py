@@ -21,7 +21,7 @@ from typing import Any, Union
 import yaml
 
 from train.checkpoint import CheckpointConfig
-from train.data import DataConfig
+from train.data import DataConfig, check_crop_geometry
 from train.losses import LossConfig
 from train.metrics import MetricsConfig
 from train.network import NetworkConfig
@@ -275,6 +275,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.real and cfg.eval.every > 0 and not (Path(cfg.data.real) / "test").is_dir():
         raise ConfigError(f"config key 'data.real': {cfg.data.real!r} has no test/ split to evaluate on "
                           "(build it, or set eval.every=0)")
+    if cfg.data.real:
+        _check_real_geometry(cfg)
     uses_prior = bool(cfg.data.real) and cfg.data.real_batch > 0 and cfg.loss.prior.enabled
     if uses_prior and not cfg.loss.prior_path:
         raise ConfigError("config key 'loss.prior_path' is required while 'loss.prior.enabled' is true "
@@ -286,6 +288,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1")
     return cfg
+
+
+def _check_real_geometry(cfg: TrainConfig) -> None:
+    """The NYU shards' crop size and cube must be the config's (a cube mismatch would be silent)."""
+    from shards.format import ShardsError
+
+    splits = ["train", "test"] if cfg.eval.every > 0 else ["train"]
+    for split in splits:
+        try:
+            check_crop_geometry(cfg.data, Path(cfg.data.real) / split)
+        except (ValueError, ShardsError) as exc:
+            raise ConfigError(f"config key 'data.real': {exc}") from exc
 
 
 def dump_config(cfg: Any) -> str:
