@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from train.checkpoint import CheckpointConfig, Checkpointer, list_checkpoints
+from train.checkpoint import (CheckpointConfig, CheckpointError, Checkpointer, CheckpointMissing, list_checkpoints,
+                              read_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,12 +30,14 @@ def make_state(seed: int = 0):
     return net, optimizer, scheduler, scaler
 
 
-def make_checkpointer(directory: Path, states, every: int = 2, keep: int = 2) -> Checkpointer:
+def make_checkpointer(directory: Path, states, every: int = 2, keep: int = 2, *, width: int = 4,
+                      batches_per_epoch: int = 10, synthetic_batch: int = 8, world_size: int = 1) -> Checkpointer:
     net, optimizer, scheduler, scaler = states
     return Checkpointer(CheckpointConfig(every=every, keep=keep), directory,
                         states={"model": net, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
-                        config={"model": {"width": 4}, "data": {"size": 64, "cube": 300.0}}, rank=0, world_size=1,
-                        seed=0, batches_per_epoch=10)
+                        config={"model": {"width": width},
+                                "data": {"size": 64, "cube": 300.0, "synthetic_batch": synthetic_batch}},
+                        rank=0, world_size=world_size, seed=0, batches_per_epoch=batches_per_epoch)
 
 
 def step(states) -> None:
@@ -87,6 +91,49 @@ def test_unreadable_newest_checkpoint_falls_back(tmp_path):
 
 def test_fresh_directory_starts_at_zero(tmp_path):
     assert make_checkpointer(tmp_path / "none", make_state()).load() == 0
+
+
+def test_read_checkpoint_names_the_file_and_strips_wrapper_prefixes(tmp_path):
+    with pytest.raises(CheckpointMissing, match="absent.pt") as missing:
+        read_checkpoint(tmp_path / "absent.pt")
+    assert isinstance(missing.value, FileNotFoundError)
+    (tmp_path / "corrupt.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="corrupt.pt.*weights_only"):
+        read_checkpoint(tmp_path / "corrupt.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt is not a training checkpoint.*'weights'"):
+        read_checkpoint(tmp_path / "other.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="list.pt is not a training checkpoint"):
+        read_checkpoint(tmp_path / "list.pt")
+    weight = torch.ones(2)
+    torch.save({"model": {"module._orig_mod.weight": weight, "_orig_mod.bias": weight}, "config": {}},
+               tmp_path / "wrapped.pt")
+    assert sorted(read_checkpoint(tmp_path / "wrapped.pt")["model"]) == ["bias", "weight"]
+
+
+def test_resume_refuses_checkpoints_of_another_model_config(tmp_path):
+    run_dir = tmp_path / "run"
+    states = make_state()
+    make_checkpointer(run_dir / "checkpoints", states, width=4).save(1, last=True)
+    with pytest.raises(CheckpointError) as refused:
+        make_checkpointer(run_dir / "checkpoints", make_state(), width=8).load()
+    message = str(refused.value)
+    assert f"run.dir {run_dir} " in message and "step-000000001.pt" in message
+    assert "model.width: saved 4, now 8" in message and "\n" not in message
+
+
+def test_resume_with_changed_data_settings_warns_with_both_values(tmp_path, caplog):
+    make_checkpointer(tmp_path, make_state()).save(1, last=True)
+    with caplog.at_level(logging.WARNING, logger="train.checkpoint"):
+        assert make_checkpointer(tmp_path, make_state()).load() == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # unchanged: silent
+    with caplog.at_level(logging.WARNING, logger="train.checkpoint"):
+        assert make_checkpointer(tmp_path, make_state(), batches_per_epoch=12, synthetic_batch=4,
+                                 world_size=2).load() == 1
+    warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "data.batches_per_epoch saved 10, now 12" in warning
+    assert "data.synthetic_batch saved 8, now 4" in warning and "world size saved 1, now 2" in warning
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -153,3 +200,19 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(uninterrupted, syn
     assert len(stopped) == 1 and 0 < stopped[0] < STEPS, (stopped, output[-4000:])
     run(command(run_dir, synthetic_shards))
     assert_same_model(final_model(run_dir), uninterrupted)
+
+
+def test_unusable_init_checkpoint_exits_2_with_one_line(synthetic_shards, tmp_path):
+    """``init`` through the real command line: a corrupt file and another model's weights, no traceback."""
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    other = tmp_path / "other.pt"
+    torch.save({"step": 3, "model": {}, "config": {"model": {"width": 8}}}, other)
+    for init, named in ((corrupt, "corrupt.pt"), (other, "model.width: saved 8, now 16")):
+        cmd = [sys.executable, "-m", "train", "--config", "configs/ci.yaml", f"data.synthetic={synthetic_shards}",
+               f"run.dir={tmp_path / 'run'}", "model.width=16", f"init={init}", "eval.at_start=false"]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and named in last and str(init) in last, result.stderr[-3000:]

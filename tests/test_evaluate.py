@@ -13,8 +13,10 @@ import torch
 
 from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
 from shards.format import encode_sample, shard_name, write_tar
+from shards.reader import make_loader
 from train.evaluate import (CURVE_THRESHOLDS_MM, FrameErrors, collect_errors, compute_metrics, evaluate,
                             joint_errors, load_network, main, resolve_checkpoint, success_curve)
+from train.monitor import Evaluator
 from train.network import NetworkConfig, build_network
 
 SIZE, CUBE = 64, 300.0
@@ -114,6 +116,15 @@ def test_load_network_round_trip_and_errors(tmp_path: Path) -> None:
     torch.save({"weights": {}}, other)
     with pytest.raises(ValueError, match="other.pt.*not a training checkpoint"):
         load_network(other)
+    wrapped = tmp_path / "wrapped.pt"  # a DDP- and torch.compile-wrapped state_dict loads the same
+    torch.save({"model": {f"module._orig_mod.{k}": v for k, v in net.state_dict().items()},
+                "config": {"model": asdict(TINY), "data": {"size": SIZE, "cube": CUBE}}}, wrapped)
+    with torch.no_grad():
+        torch.testing.assert_close(load_network(wrapped)[0](x).joints, net(x).joints)
+    wider = tmp_path / "wider.pt"
+    save_checkpoint(wider, net, NetworkConfig(stacks=1, width=32))
+    with pytest.raises(ValueError, match="wider.pt.*do not fit"):
+        load_network(wider)
     unknown = tmp_path / "unknown.pt"
     torch.save({"model": {}, "config": {"model": {"stacks": 1, "colour": 3}, "data": {"size": 64, "cube": 300}}},
                unknown)
@@ -147,10 +158,44 @@ def test_cli_writes_metrics_and_success_curve(tmp_path: Path) -> None:
     assert len(metrics["per_joint_mm"]) == 14 and metrics["mean_error_mm"] > 0
     with open(out / "success_curve.csv") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["threshold_mm", "fraction"] and len(rows) == 82
+    assert rows[0] == ["threshold_mm", "fraction_below"] and len(rows) == 82
     fractions = [float(r[1]) for r in rows[1:]]
     assert fractions == sorted(fractions)
+    worst = np.array(sorted(metrics_worst(checkpoint, tmp_path / "test")))
+    for threshold, fraction in ((float(r[0]), float(r[1])) for r in rows[1:]):  # strictly below
+        assert fraction == pytest.approx(np.mean(worst < threshold), abs=1e-6)
     assert (out / "success_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def metrics_worst(checkpoint: Path, data: Path) -> list[float]:
+    """Each frame's maximum joint error, computed here from the network and the shards."""
+    net, _ = load_network(checkpoint)
+    loader = make_loader(data, batch_size=5, batches_per_epoch=None, num_workers=0, resampled=False)
+    return collect_errors(net, loader).errors.max(axis=1).tolist()
+
+
+def test_monitor_logs_evaluate_metrics_under_its_tags(tmp_path: Path) -> None:
+    """The training monitor reports what ``evaluate`` computes, under eval/real/... and eval/synthetic/..."""
+    torch.manual_seed(2)
+    net = build_network(TINY, size=SIZE, cube_mm=CUBE)
+    write_nyu_shards(tmp_path / "nyu" / "test", [5, 6, 7, 3000, 3001])
+    depth = torch.rand(3, 1, SIZE, SIZE) * 100
+    keypoints = torch.randn(3, 41, 3) * 30
+    evaluator = Evaluator(real_root=str(tmp_path / "nyu"), synthetic=(depth, keypoints), batch_size=2,
+                          real_batches=None, num_workers=0, device=torch.device("cpu"), rank=0, world_size=1)
+    values = evaluator(net)
+    loader = make_loader(tmp_path / "nyu" / "test", batch_size=2, batches_per_epoch=None, num_workers=0,
+                         resampled=False)
+    expected = evaluate(net, loader)
+    assert values["eval/real/mean_error_mm"] == pytest.approx(expected["mean_error_mm"])
+    assert values["eval/mean_error_mm"] == values["eval/real/mean_error_mm"]
+    assert values["eval/real/frames"] == 5 and values["eval/real/subject2/mean_error_mm"] > 0
+    assert values["eval/real/success_at_80mm"] == pytest.approx(expected["success_at_mm"]["80"])
+    assert values["eval/real/max_error_mean_mm"] == pytest.approx(expected["max_error_mean_mm"])
+    with torch.no_grad():
+        predicted = net.eval()(depth).joints
+    direct = (predicted[:, NYU_EVAL_JOINTS] - keypoints[:, NYU_EVAL_JOINTS]).norm(dim=-1).mean()
+    assert values["eval/synthetic/mean_error_mm"] == pytest.approx(float(direct), rel=1e-5)
 
 
 def test_run_dir_resolves_to_its_newest_checkpoint(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ Launch commands (CPU uses gloo, GPUs NCCL; every rank renders its own synthetic 
     torchrun --standalone --nproc_per_node=2 --max-restarts=3 -m train --config configs/synthetic.yaml ...
 
 Re-running the same command resumes from ``RUN/checkpoints``. SIGTERM/SIGUSR1 make every rank stop at
-the next step, checkpoint and exit 0. A bad config key or value exits with status 2 and says which.
+the next step, checkpoint and exit 0. A bad config key or value exits with status 2 and says which; so
+does an unusable checkpoint (``init`` or resume: missing, unreadable, or of another model config).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    from train.checkpoint import CheckpointError
     from train.distributed import barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
     from train.loop import Trainer, setup_run_dir
 
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("train").info("%s at step %d", "finished" if finished else "stopped", trainer.step)
         finished_cleanly = True
         return 0
+    except CheckpointError as exc:  # every rank reads the same file, so every rank stops here
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if trainer is not None:
             trainer.close()

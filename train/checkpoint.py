@@ -10,6 +10,14 @@ A checkpoint file ``RUN/checkpoints/step-000001234.pt`` is a ``torch.save`` of p
 
 Rank 0 writes to a temporary file and renames it, so a checkpoint counts only when complete. Saving
 is collective (every rank contributes its RNG state), so every rank calls :meth:`Checkpointer.save`.
+
+:func:`read_checkpoint` is the one reader (resume, the ``init`` key, ``train.evaluate``): a missing,
+unreadable or foreign file raises :class:`CheckpointError` naming it. Resume skips an unreadable newest
+file (a crash mid-write on a non-atomic filesystem) and takes the previous one, but refuses a run dir
+whose checkpoints hold another ``model`` section (the message names the keys). A changed
+``data.batches_per_epoch``, per-rank batch size (``data.synthetic_batch``, ``data.real_batch``) or world
+size is allowed (elastic resumes) but logged as a warning with both values: the data stream then
+continues at a different position than an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -30,6 +38,64 @@ from train.distributed import all_gather_objects, barrier
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+# Keys every training checkpoint has; resume needs the saved states on top.
+REQUIRED_KEYS = ("model", "config")
+# Resume settings that position the data stream: a change is allowed but warned about.
+DATA_POSITION_KEYS = ("batches_per_epoch", "synthetic_batch", "real_batch")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not a training checkpoint, or of another model."""
+
+
+class CheckpointMissing(CheckpointError, FileNotFoundError):
+    """A checkpoint path that does not exist."""
+
+
+def strip_wrappers(key: str) -> str:
+    """A state_dict key without DDP ("module.") and torch.compile ("_orig_mod.") prefixes."""
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def read_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
+    """A training checkpoint as plain data (``weights_only``), its model keys without wrapper prefixes.
+
+    Raises :class:`CheckpointMissing` for an absent file and :class:`CheckpointError` for an
+    unreadable one or one without the ``required`` keys; every message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointMissing(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt or pickled objects: all unusable
+        raise CheckpointError(f"checkpoint {path} could not be loaded with weights_only=True: "
+                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+    if not isinstance(payload, dict) or not set(required) <= payload.keys():
+        has = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a training checkpoint (needs the keys {list(required)}; has {has})")
+    if not isinstance(payload["model"], dict) or not isinstance(payload["config"], dict):
+        raise CheckpointError(f"{path} is not a training checkpoint ('model' and 'config' must be dicts)")
+    payload["model"] = {strip_wrappers(k): v for k, v in payload["model"].items()}
+    return payload
+
+
+def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved X, now Y`` for every config.model key whose value differs (absent keys count)."""
+    return [f"model.{key}: saved {saved.get(key, '<absent>')!r}, now {current.get(key, '<absent>')!r}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def load_model_weights(net: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:
+    """``payload["model"]`` into ``net``; a shape or key mismatch raises CheckpointError naming the file."""
+    try:
+        net.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit this network: "
+                              f"{str(error).strip().splitlines()[-1].strip()}") from error
 
 
 @dataclass
@@ -158,26 +224,55 @@ class Checkpointer:
             old.unlink(missing_ok=True)
 
     def load(self) -> int:
-        """Restore from the newest readable checkpoint; the step to continue from (0 if none)."""
+        """Restore from the newest readable checkpoint; the step to continue from (0 if none).
+
+        Raises CheckpointError when the checkpoint belongs to another model config or lacks a state.
+        """
         if not self.cfg.resume:
             return 0
         for step, path in reversed(list_checkpoints(self.directory)):
             try:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # a damaged file: fall back to the previous one
+                obj = read_checkpoint(path, ("step", *REQUIRED_KEYS))
+            except CheckpointError as exc:  # a damaged file: fall back to the previous one
                 log.warning("cannot read checkpoint %s (%s); trying an older one", path, exc)
                 continue
-            self._restore(obj)
+            self._check_model(obj, path)
+            self._warn_data_position(obj, path)
+            self._restore(obj, path)
             self.last_saved = step
             log.info("resumed from %s at step %d", path, step)
             return int(obj["step"])
         return 0
 
-    def _restore(self, obj: dict[str, Any]) -> None:
+    def _check_model(self, obj: dict[str, Any], path: Path) -> None:
+        differences = model_differences(obj["config"].get("model") or {}, self.config.get("model") or {})
+        if differences:
+            raise CheckpointError(
+                f"run.dir {self.directory.parent} holds checkpoint {path} of another model config "
+                f"({'; '.join(differences)}); use a new run.dir or restore those model settings")
+
+    def _warn_data_position(self, obj: dict[str, Any], path: Path) -> None:
+        """Log each changed setting that moves the data stream (allowed: elastic resumes change them)."""
+        saved_data = {**(obj["config"].get("data") or {}), **(obj.get("data") or {})}
+        now_data = {**(self.config.get("data") or {}), "batches_per_epoch": self.batches_per_epoch}
+        changed = [(f"data.{key}", saved_data[key], now_data.get(key))
+                   for key in DATA_POSITION_KEYS if key in saved_data and saved_data[key] != now_data.get(key)]
+        if obj.get("world_size") is not None and obj["world_size"] != self.world_size:
+            changed.append(("world size", obj["world_size"], self.world_size))
+        if changed and self.rank == 0:
+            log.warning("resuming from %s with changed data settings: %s; the data stream continues at a "
+                        "different position than an uninterrupted run would", path,
+                        ", ".join(f"{key} saved {old}, now {new}" for key, old, new in changed))
+
+    def _restore(self, obj: dict[str, Any], path: Path) -> None:
         for name, state in self.states.items():
             if name not in obj:
-                raise KeyError(f"checkpoint lacks {name!r}; saved keys: {sorted(obj)}")
-            state.load_state_dict(obj[name])
+                raise CheckpointError(f"checkpoint {path} lacks {name!r}; saved keys: {sorted(obj)}")
+            try:
+                state.load_state_dict(obj[name])
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise CheckpointError(f"checkpoint {path}: cannot restore {name!r}: "
+                                      f"{str(error).strip().splitlines()[-1].strip()}") from error
         rng = obj.get("rng") or []
         if obj.get("world_size") == self.world_size and self.rank < len(rng):
             set_rng_state(rng[self.rank])

@@ -1,8 +1,8 @@
 """Evaluation on NYU view 1: mean 3D joint error and the max-error success curve.
 
 Protocol of the literature: view 1 of the test split, the 14 joints ``hand.NYU_EVAL_JOINTS``, mean
-Euclidean error in mm; the success curve is the fraction of frames whose *worst* joint error is below a
-threshold, 0..80 mm. The NYU test set holds two subjects: frames <= 2440 are subject 1, later frames
+Euclidean error in mm; the success curve is the fraction of frames whose *worst* (maximum) joint error
+is strictly below a threshold, 0..80 mm. The NYU test set holds two subjects: frames <= 2440 are subject 1, later frames
 subject 2 (a smaller hand).
 
     python -m train.evaluate --checkpoint runs/x/checkpoints/step-000010000.pt --data shards/nyu/test \
@@ -10,7 +10,8 @@ subject 2 (a smaller hand).
     python -m train.evaluate --checkpoint runs/x --data shards/nyu/test    # newest checkpoint of a run
 
 writes ``DIR/metrics.json`` ({"mean_error_mm", "per_joint_mm", "per_subject", "frames", ...}),
-``DIR/success_curve.csv`` (threshold_mm, fraction) and ``DIR/success_curve.png``.
+``DIR/success_curve.csv`` (columns ``threshold_mm,fraction_below``: the fraction of frames whose maximum
+joint error is < threshold_mm) and ``DIR/success_curve.png``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from train.checkpoint import list_checkpoints
+from train.checkpoint import CheckpointError, list_checkpoints, load_model_weights, read_checkpoint
 from train.network import HourglassNet, NetworkConfig, build_network
 
 # Copies of hand.NYU_EVAL_JOINTS / NYU test facts would drift; they are read from `hand` at use.
 SUBJECT_2_FIRST_FRAME = 2441  # NYU test: frames 1..2440 show subject 1, the rest subject 2
 CURVE_THRESHOLDS_MM = np.arange(0, 81, dtype=np.float64)
+CURVE_COLUMNS = ("threshold_mm", "fraction_below")  # fraction of frames with max joint error < threshold_mm
+CURVE_X_LABEL = "threshold on the maximum joint error (mm)"
+CURVE_Y_LABEL = "frames with max joint error < threshold (%)"
 
 
 @dataclass
@@ -41,6 +45,12 @@ class FrameErrors:
     errors: np.ndarray  # (N, K) mm, Euclidean error of each evaluated joint
     frames: np.ndarray  # (N,) int, 1-based NYU frame number (-1 where the batch had no meta)
     splits: list[str]  # (N,) split name of each frame ("" where unknown)
+
+    @staticmethod
+    def concatenate(parts: list[FrameErrors]) -> FrameErrors:
+        """The frames of several parts (e.g. every rank's share) in order."""
+        return FrameErrors(np.concatenate([p.errors for p in parts]), np.concatenate([p.frames for p in parts]),
+                           [split for p in parts for split in p.splits])
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -61,27 +71,16 @@ def load_network(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
     ``checkpoint`` is a checkpoint file, or a run directory whose newest checkpoint is taken.
     """
     path = resolve_checkpoint(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - truncated, corrupt or pickled objects: all unusable
-        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {error}") from error
-    if not isinstance(payload, dict) or not {"model", "config"} <= payload.keys():
-        raise ValueError(f"{path} is not a training checkpoint (needs the keys 'model' and 'config')")
+    payload = read_checkpoint(path)
     config = payload["config"]
     model_cfg = _network_config(config.get("model", {}), path)
     data = config.get("data", {})
     try:
         size, cube = int(data["size"]), float(data["cube"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"checkpoint {path}: config.data needs numeric 'size' and 'cube' ({error})") from error
+        raise CheckpointError(f"checkpoint {path}: config.data needs numeric 'size' and 'cube' ({error})") from error
     net = build_network(model_cfg, size=size, cube_mm=cube)
-    state = {_strip_wrappers(k): v for k, v in payload["model"].items()}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint {path}: weights do not fit config.model {model_cfg}: {error}") from error
+    load_model_weights(net, payload, path)
     return net.to(device).eval(), config
 
 
@@ -89,21 +88,26 @@ def _network_config(section: dict, path: Path) -> NetworkConfig:
     known = {f.name for f in fields(NetworkConfig)}
     unknown = set(section) - known
     if unknown:
-        raise ValueError(f"checkpoint {path}: unknown config.model keys {sorted(unknown)}")
+        raise CheckpointError(f"checkpoint {path}: unknown config.model keys {sorted(unknown)}")
     return NetworkConfig(**section)
 
 
-def _strip_wrappers(key: str) -> str:
-    # DDP ("module.") and torch.compile ("_orig_mod.") prefixes, should a writer have left them.
-    for prefix in ("module.", "_orig_mod."):
-        while key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
-
-
 def joint_errors(predicted: np.ndarray, truth: np.ndarray, joints: list[int]) -> np.ndarray:
-    """(N, >=36, 3) predicted and (N, 36, 3) true joints in mm -> (N, len(joints)) Euclidean errors."""
+    """(N, J, 3) predicted and true joints in mm -> (N, len(joints)) Euclidean errors of ``joints``.
+
+    The one error function of the project (evaluation and the training monitor). Predictions are the
+    network's 41 spheres, truth NYU's 36 joints or synthetic keypoints; both must cover ``joints``.
+    """
+    predicted = np.asarray(predicted, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
     return np.linalg.norm(predicted[:, joints] - truth[:, joints], axis=-1)
+
+
+def eval_joint_names() -> list[str]:
+    """NYU names of the evaluated joints, in ``hand.NYU_EVAL_JOINTS`` order."""
+    from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
+
+    return [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS]
 
 
 def subject_of(frame: int, split: str) -> int | None:
@@ -114,13 +118,14 @@ def subject_of(frame: int, split: str) -> int | None:
 
 
 def success_curve(errors: np.ndarray, thresholds_mm: np.ndarray = CURVE_THRESHOLDS_MM) -> np.ndarray:
-    """Fraction of frames whose maximum joint error is below each threshold (non-decreasing)."""
+    """Fraction of frames whose maximum joint error is strictly below each threshold (non-decreasing)."""
     worst = errors.max(axis=1)
     return (worst[None, :] < thresholds_mm[:, None]).mean(axis=1)
 
 
-def compute_metrics(collected: FrameErrors, joint_names: list[str]) -> dict:
-    """Mean error, per-joint and per-subject errors of collected frame errors."""
+def compute_metrics(collected: FrameErrors, joint_names: list[str] | None = None) -> dict:
+    """Mean error, per-joint and per-subject errors of collected frame errors (default names: NYU's)."""
+    joint_names = eval_joint_names() if joint_names is None else joint_names
     errors = collected.errors
     if len(errors) == 0:
         raise ValueError("no frames were evaluated (empty data set)")
@@ -173,10 +178,17 @@ def collect_errors(net: nn.Module, loader: Iterable[dict], *, device: str | torc
 def evaluate(net: nn.Module, loader: Iterable[dict], *, device: str | torch.device | None = None,
              max_batches: int | None = None) -> dict:
     """Metrics of ``net`` on NYU-format batches (view 1); the network's train/eval mode is restored."""
-    from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
+    return compute_metrics(collect_errors(net, loader, device=device, max_batches=max_batches))
 
-    collected = collect_errors(net, loader, device=device, max_batches=max_batches)
-    return compute_metrics(collected, [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS])
+
+def metric_scalars(metrics: dict) -> dict[str, float]:
+    """The scalar entries of :func:`compute_metrics`'s result, flat: ``mean_error_mm``, ``frames``,
+    ``max_error_mean_mm``, ``success_at_{t}mm``, ``subject{s}/mean_error_mm``."""
+    values = {key: float(metrics[key]) for key in ("mean_error_mm", "frames", "max_error_mean_mm")}
+    values.update({f"success_at_{t}mm": float(v) for t, v in metrics.get("success_at_mm", {}).items()})
+    values.update({f"subject{s}/mean_error_mm": float(entry["mean_error_mm"])
+                   for s, entry in metrics.get("per_subject", {}).items()})
+    return values
 
 
 def write_report(metrics: dict, errors: np.ndarray, out_dir: str | Path) -> list[Path]:
@@ -192,11 +204,11 @@ def write_report(metrics: dict, errors: np.ndarray, out_dir: str | Path) -> list
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     with open(out / "success_curve.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["threshold_mm", "fraction"])
+        writer.writerow(CURVE_COLUMNS)
         writer.writerows([f"{t:g}", f"{f:.6f}"] for t, f in zip(CURVE_THRESHOLDS_MM, curve))
     figure, axes = plt.subplots(figsize=(5, 4))
     axes.plot(CURVE_THRESHOLDS_MM, curve * 100)
-    axes.set(xlabel="maximum joint error threshold (mm)", ylabel="frames within threshold (%)",
+    axes.set(xlabel=CURVE_X_LABEL, ylabel=CURVE_Y_LABEL,
              xlim=(0, 80), ylim=(0, 100), title=f"mean error {metrics['mean_error_mm']:.2f} mm")
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
@@ -216,7 +228,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = parser.parse_args(argv)
 
-    from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
     from shards.format import ShardsError
     from shards.reader import make_loader
 
@@ -226,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         loader = make_loader(args.data, batch_size=args.batch_size, batches_per_epoch=None,
                              num_workers=args.num_workers, resampled=False)
         collected = collect_errors(net, loader, device=args.device)
-        metrics = compute_metrics(collected, [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS])
+        metrics = compute_metrics(collected)
     except (OSError, ValueError, ShardsError) as error:
         parser.exit(2, f"error: {error}\n")
     metrics["checkpoint"] = str(checkpoint)

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from train.checkpoint import Checkpointer, seed_everything
+from train.checkpoint import (CheckpointError, Checkpointer, load_model_weights, model_differences,
+                              read_checkpoint, seed_everything)
 from train.config import EvalConfig, OptimConfig, TrainConfig, dump_config, to_plain
 from train.data import build_streams
 from train.distributed import DistEnv, PreemptionFlag, all_gather_floats, is_distributed
@@ -231,12 +232,13 @@ class Trainer:
         self.window = Window()
 
     def _load_init(self, path: str) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        saved_model = state.get("config", {}).get("model")
-        if saved_model is not None and saved_model != to_plain(self.cfg.model):
-            raise ValueError(f"init checkpoint {path!r} was trained with model {saved_model}, but this run's "
-                             f"model section is {to_plain(self.cfg.model)}; make them match")
-        self.net.load_state_dict(state["model"])
+        """The ``init`` key: model weights only (a fresh optimizer and schedule); CheckpointError if unusable."""
+        state = read_checkpoint(path)
+        differences = model_differences(state["config"].get("model") or {}, to_plain(self.cfg.model))
+        if differences:
+            raise CheckpointError(f"init checkpoint {path} was trained with another model config "
+                                  f"({'; '.join(differences)}); make the model section match")
+        load_model_weights(self.net, state, path)
         log.info("initialised the network from %s (step %s)", path, state.get("step"))
 
     def _build_evaluator(self, cfg: EvalConfig) -> Evaluator | None:

@@ -3,7 +3,8 @@
 Evaluation: on ``data.real``/test when real data is configured (``train.evaluate.evaluate``), and on a
 fixed held-out synthetic set rendered once when synthetic data is configured; the headline
 ``eval/mean_error_mm`` is the real error when there is real data, else the synthetic one.
-Errors are mean 3D distances in mm over ``hand.NYU_EVAL_JOINTS``.
+Errors are mean 3D distances in mm over ``hand.NYU_EVAL_JOINTS``, computed by ``train.evaluate``'s
+functions (one error function for evaluation and monitoring).
 """
 
 from __future__ import annotations
@@ -21,14 +22,6 @@ from train.metrics import depth_to_rgb, draw_points, side_by_side
 
 PREDICTED = (1.0, 0.2, 0.2)  # red dots: predicted joints
 TARGET = (0.2, 1.0, 0.2)  # green dots: true keypoints
-
-
-def mean_joint_error_mm(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean 3D error (B,) over NYU's 14 evaluation joints."""
-    from hand import NYU_EVAL_JOINTS
-
-    index = torch.as_tensor(NYU_EVAL_JOINTS, device=predicted.device)
-    return (predicted[:, index].float() - target[:, index].float()).norm(dim=-1).mean(dim=-1)
 
 
 class Evaluator:
@@ -64,36 +57,30 @@ class Evaluator:
         return values
 
     def _synthetic_error(self, net: nn.Module) -> float:
+        from hand import NYU_EVAL_JOINTS
+        from train.evaluate import joint_errors
+
         depth, keypoints = self.synthetic  # type: ignore[misc]
         was_training = net.training
         net.eval()
         try:
-            errors = [mean_joint_error_mm(net(d).joints, k)
+            errors = [joint_errors(net(d).joints.float().cpu().numpy(), k.float().cpu().numpy(), list(NYU_EVAL_JOINTS))
                       for d, k in zip(depth.split(self.batch_size), keypoints.split(self.batch_size))]
         finally:
             net.train(was_training)
-        return float(torch.cat(errors).mean())
+        return float(np.concatenate(errors).mean())
 
     def _real_metrics(self, net: nn.Module) -> dict[str, float]:
-        from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
         from shards.reader import make_loader
-        from train.evaluate import FrameErrors, collect_errors, compute_metrics
+        from train.evaluate import FrameErrors, collect_errors, compute_metrics, metric_scalars
 
         loader = make_loader(self.real_test, batch_size=self.batch_size, batches_per_epoch=None,
                              num_workers=self.num_workers, resampled=False)
-        mine = collect_errors(net, loader, device=self.device, max_batches=self.max_batches)
-        shares = all_gather_objects((mine.errors, mine.frames, list(mine.splits)))
+        shares = all_gather_objects(collect_errors(net, loader, device=self.device, max_batches=self.max_batches))
         if self.rank != 0:
             return {}
-        collected = FrameErrors(np.concatenate([s[0] for s in shares]), np.concatenate([s[1] for s in shares]),
-                                [split for s in shares for split in s[2]])
-        metrics = compute_metrics(collected, [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS])
-        values = {"eval/real/mean_error_mm": metrics["mean_error_mm"], "eval/real/frames": metrics["frames"],
-                  "eval/real/max_error_mean_mm": metrics["max_error_mean_mm"]}
-        values.update({f"eval/real/success_at_{t}mm": v for t, v in metrics.get("success_at_mm", {}).items()})
-        for subject, entry in metrics.get("per_subject", {}).items():
-            values[f"eval/real/subject{subject}/mean_error_mm"] = entry["mean_error_mm"]
-        return values
+        metrics = compute_metrics(FrameErrors.concatenate(shares))  # type: ignore[arg-type]
+        return {f"eval/real/{name}": value for name, value in metric_scalars(metrics).items()}
 
 
 # ---------------------------------------------------------------------------------------------------
