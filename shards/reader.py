@@ -15,6 +15,7 @@ split the data (a single-process evaluation inside a torchrun/SLURM shell must s
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -38,25 +39,27 @@ SHUFFLE_INITIAL = 100
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-def _obey_parent_only(signals: tuple[int, ...], parent: int) -> None:
-    """Wait for ``signals`` (blocked in every thread) and end the worker only when ``parent`` sent one."""
+def _obey_owner_only(signals: tuple[int, ...], owner: int) -> None:
+    """Wait for ``signals`` (blocked in every thread) and end the worker only when ``owner`` sent one."""
     while True:
         info = signal.sigwaitinfo(signals)
-        if info.si_pid == parent:
+        if info.si_pid == owner:
             os._exit(128 + info.si_signo)
 
 
-def preemption_proof_worker(worker_id: int) -> None:
-    """``worker_init_fn``: a loader worker ignores SIGTERM/SIGUSR1 from anyone but its parent process.
+def preemption_proof_worker(worker_id: int, *, owner: int) -> None:
+    """``worker_init_fn``: a loader worker ignores SIGTERM/SIGUSR1 from anyone but ``owner``, the pid of
+    the process that made the loader (bound with ``functools.partial``: under forkserver or spawn the
+    worker's parent process is not the loader's owner).
 
     Ignoring them outright is not enough: at exit (``multiprocessing``'s atexit hook, and the
     DataLoader's own shutdown) the parent ends its daemonic workers with SIGTERM and then joins them,
     while an idle worker only notices its parent's death after the parent is gone, so a worker that
     ignored that SIGTERM would hang its parent's exit forever. The signals are blocked and a thread
-    takes them with ``sigwaitinfo``, which reports the sender: the parent's SIGTERM still ends the worker.
+    takes them with ``sigwaitinfo``, which reports the sender: the owner's SIGTERM still ends the worker.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
-    threading.Thread(target=_obey_parent_only, args=(PREEMPTION_SIGNALS, os.getppid()),
+    threading.Thread(target=_obey_owner_only, args=(PREEMPTION_SIGNALS, owner),
                      name=f"loader-worker-{worker_id}-signals", daemon=True).start()
 
 
@@ -219,7 +222,8 @@ def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int |
     dataset = wds.DataPipeline(*stages)
     loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                            persistent_workers=False, pin_memory=False,
-                           worker_init_fn=preemption_proof_worker if num_workers > 0 else None)
+                           worker_init_fn=(functools.partial(preemption_proof_worker, owner=os.getpid())
+                                           if num_workers > 0 else None))
     if resampled:
         loader = loader.with_epoch(batches_per_epoch)
     return ShardLoader(loader, epoch_stages, batches_per_epoch if resampled else None)

@@ -136,4 +136,7 @@ def test_validate_refuses_shards_of_another_crop_geometry(tmp_path):
     write_nyu_split(real / "test", size=64, cube=250.0)
     with pytest.raises(ConfigError, match=r"'data.real'.*test.*cube 250 mm"):
         validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false"]))
-    validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false", "eval.every=0"]))
+    with pytest.raises(ConfigError, match=r"test.*cube 250 mm"):  # evaluating once at the start reads test/ too
+        validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false", "eval.every=0"]))
+    validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false", "eval.every=0",
+                                "eval.at_start=false"]))

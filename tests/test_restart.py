@@ -93,3 +93,40 @@ def test_loader_worker_survives_foreign_sigterm_and_never_blocks_exit(synthetic_
     assert "worker alive after SIGTERM: True" in result.stdout, result.stderr[-3000:]
     assert result.returncode == 1 and "RuntimeError: peer gone" in result.stderr, result.stderr[-3000:]
     assert time.monotonic() - start < 30, "the failed process waited on its loader worker at exit"
+
+
+def test_generation_store_skips_a_dead_generation_and_keeps_the_full_timeout(monkeypatch):
+    """Rank 1 must ignore the entry a dead generation left in the agent's store and join rank 0's live
+    store, which must carry the process group's timeout, not the short probe timeout."""
+    import datetime
+    import socket
+    import threading
+
+    import torch.distributed as dist
+
+    from train.distributed import DistEnv, _generation_store
+
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(agent.port))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "gen-test")
+    with socket.socket() as probe:  # a port nobody serves any more
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    agent.set("train/gen-test/generation_store", f"{dead_port}:stale")
+    timeout = datetime.timedelta(seconds=77)
+    joined: dict[int, dist.Store] = {}
+
+    def rank_one() -> None:
+        joined[1] = _generation_store(DistEnv(1, 2, 1), time.monotonic() + 30, timeout)
+
+    thread = threading.Thread(target=rank_one)
+    thread.start()
+    time.sleep(1.0)  # rank 1 is now probing the dead entry
+    assert 1 not in joined
+    joined[0] = _generation_store(DistEnv(0, 2, 0), time.monotonic() + 30, timeout)
+    thread.join(timeout=30)
+    assert 1 in joined, "rank 1 never joined the live store"
+    joined[0].set("hello", "from rank 0")
+    assert joined[1].get("hello") == b"from rank 0"
+    assert joined[0].timeout == timeout and joined[1].timeout == timeout

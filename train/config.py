@@ -272,9 +272,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"config key {key!r}: {path!r} does not exist")
     if cfg.data.real and not (Path(cfg.data.real) / "train").is_dir():
         raise ConfigError(f"config key 'data.real': {cfg.data.real!r} has no train/ split (NYU shards root)")
-    if cfg.data.real and cfg.eval.every > 0 and not (Path(cfg.data.real) / "test").is_dir():
+    if cfg.data.real and _evaluates(cfg) and not (Path(cfg.data.real) / "test").is_dir():
         raise ConfigError(f"config key 'data.real': {cfg.data.real!r} has no test/ split to evaluate on "
-                          "(build it, or set eval.every=0)")
+                          "(build it, or set eval.every=0 eval.at_start=false)")
     if cfg.data.real:
         _check_real_geometry(cfg)
     uses_prior = bool(cfg.data.real) and cfg.data.real_batch > 0 and cfg.loss.prior.enabled
@@ -290,11 +290,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def _evaluates(cfg: TrainConfig) -> bool:
+    """Whether the run reads the held-out split at all (periodically or once at the start)."""
+    return cfg.eval.every > 0 or cfg.eval.at_start
+
+
 def _check_real_geometry(cfg: TrainConfig) -> None:
     """The NYU shards' crop size and cube must be the config's (a cube mismatch would be silent)."""
     from shards.format import ShardsError
 
-    splits = ["train", "test"] if cfg.eval.every > 0 else ["train"]
+    splits = ["train", "test"] if _evaluates(cfg) else ["train"]
     for split in splits:
         try:
             check_crop_geometry(cfg.data, Path(cfg.data.real) / split)

@@ -87,10 +87,12 @@ def setup_distributed(env: DistEnv, device: torch.device, timeout_s: float = 180
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs: dict[str, object] = {"device_id": device} if device.type == "cuda" else {}
     deadline = time.monotonic() + setup_timeout_s
-    with _give_up_after(setup_timeout_s, f"rank {env.rank} of {env.world_size} could not join the {backend} "
+    # The watchdog fires just after the deadline, so a TimeoutError raised at the deadline (with its
+    # own message) wins over the generic one.
+    with _give_up_after(setup_timeout_s + 1.0, f"rank {env.rank} of {env.world_size} could not join the {backend} "
                         f"process group via {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"):
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            kwargs["store"] = _generation_store(env, deadline)
+            kwargs["store"] = _generation_store(env, deadline, datetime.timedelta(seconds=timeout_s))
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
 
@@ -114,7 +116,7 @@ def _give_up_after(seconds: float, what: str) -> Iterator[None]:
         timer.cancel()
 
 
-def _generation_store(env: DistEnv, deadline: float) -> dist.Store:
+def _generation_store(env: DistEnv, deadline: float, timeout: datetime.timedelta) -> dist.Store:
     """A key-value store that belongs to this generation of ranks only.
 
     Under torchrun the ranks would share the agent's TCPStore (``TORCHELASTIC_USE_AGENT_STORE``),
@@ -124,6 +126,9 @@ def _generation_store(env: DistEnv, deadline: float) -> dist.Store:
     no fix: each node's agent counts its own restarts. So rank 0 serves a fresh store on a free port
     and publishes its port and a random token in the agent's store; the other ranks retry until the
     published store answers with that token, which a dead generation's entry never does.
+
+    ``init_process_group`` does not apply its timeout to a store it is given, so the returned store
+    carries ``timeout`` itself (not the short probe timeout: NCCL ranks block on it for rank 0's id).
     """
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     key = f"train/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/generation_store"
@@ -135,6 +140,7 @@ def _generation_store(env: DistEnv, deadline: float) -> dist.Store:
         token = uuid.uuid4().hex
         own.set("token", token)
         agent.set(key, f"{own.port}:{token}")
+        own.set_timeout(timeout)
         return dist.PrefixStore("pg", own)
     while time.monotonic() < deadline:
         if agent.check([key]):
@@ -143,6 +149,7 @@ def _generation_store(env: DistEnv, deadline: float) -> dist.Store:
                 client = dist.TCPStore(host, int(published_port), is_master=False, wait_for_workers=False,
                                        timeout=datetime.timedelta(seconds=2))
                 if client.check(["token"]) and client.get("token").decode() == token:
+                    client.set_timeout(timeout)
                     return dist.PrefixStore("pg", client)
         time.sleep(0.2)
     raise TimeoutError(f"rank {env.rank}: rank 0 never published a live store under {key!r} in the "

@@ -231,19 +231,28 @@ def main(argv: list[str] | None = None) -> None:
     from shards.format import ShardsError
     from shards.reader import make_loader
 
-    try:
+    try:  # the user's inputs: a checkpoint (file or run dir) and a shard dir
         checkpoint = resolve_checkpoint(args.checkpoint)
         net, _ = load_network(checkpoint, args.device)
         loader = make_loader(args.data, batch_size=args.batch_size, batches_per_epoch=None,
                              num_workers=args.num_workers, resampled=False)
-        collected = collect_errors(net, loader, device=args.device)
-        metrics = compute_metrics(collected)
     except (OSError, ValueError, ShardsError) as error:
         parser.exit(2, f"error: {error}\n")
+    try:
+        collected = collect_errors(net, loader, device=args.device)
+    except ShardsError as error:  # a damaged shard found while reading
+        parser.exit(2, f"error: {error}\n")
+    if len(collected.errors) == 0:
+        parser.exit(2, f"error: {args.data} holds no frames to evaluate\n")
+    metrics = compute_metrics(collected)
     metrics["checkpoint"] = str(checkpoint)
     metrics["data"] = str(args.data)
     out = Path(args.out) if args.out else checkpoint.parent / f"eval-{checkpoint.stem}"
-    for path in write_report(metrics, collected.errors, out):
+    try:
+        written = write_report(metrics, collected.errors, out)
+    except OSError as error:
+        parser.exit(2, f"error: cannot write the report to {out}: {error}\n")
+    for path in written:
         print(f"wrote {path}")
     print(f"mean error {metrics['mean_error_mm']:.2f} mm over {metrics['frames']} frames")
 
