@@ -23,8 +23,11 @@ def test_killed_build_resumes_to_identical_shards(fake_nyu_dir, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "shards", *args, "--out", str(killed)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = killed / "train" / "shard-000000.tar"
+    # A shard counts as complete once .progress.json records it (it is renamed into place just before):
+    # kill after that, so the first shard must be kept by the re-run.
+    progress = killed / "train" / ".progress.json"
     deadline = time.monotonic() + 120
-    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not progress.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
