@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from renderer_cuda import rasterize  # noqa: E402
 from renderer_cuda.shapes import random_blobs  # noqa: E402
-from shards.geometry import background_depth, crop_to_pixels  # noqa: E402
+from geometry import background_depth, crop_to_pixels  # noqa: E402
 from machine import describe_machine  # noqa: E402
 
 CUBE_MM = 300.0

@@ -4,11 +4,11 @@
     python -m hand.viewer --pose random --seed 3           # start from a sampled pose
     python -m hand.viewer --save out.png --pose pose.json  # headless (Agg): write the figure, exit
 
-Renders use ``renderer_cuda`` (analytic spheres, rasterized mesh) in the orthographic crop of
-``shards.geometry``: an S x S crop (64..128 px) of a 300 mm cube centred on the origin, the palm
+Renders use :mod:`hand.render` (analytic spheres, rasterized mesh) in the orthographic crop of
+:mod:`geometry`: an S x S crop (64..128 px) of a 300 mm cube centred on the origin, the palm
 centre of the zero pose. A pose file is JSON: a list of 26 numbers in ``hand.PARAM_NAMES`` order, or
 an object ``{name: value}`` with PARAM_NAMES keys (missing ones are 0). The viewer is an application
-on top of the hand model, so unlike the rest of ``hand`` it imports the renderer and the geometry.
+on top of the hand model and its renders (:mod:`hand.render`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geometry import DEFAULT_CUBE_MM, background_depth
 from hand.anatomy import PARAM_NAMES
 from hand.model import HandModel
 from hand.sampler import sample_poses
 
-CUBE_MM = 300.0
+CUBE_MM = DEFAULT_CUBE_MM
 _TRANSLATION_RANGE = 100.0  # slider range of the translation parameters, mm
 _DEPTH_RANGE = 100.0  # colour range of crop depth, +- mm around the crop centre
 
@@ -76,18 +77,12 @@ def initial_pose(spec: str, seed: int, model: HandModel) -> torch.Tensor:
 
 def render_views(model: HandModel, pose: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Sphere depth and mesh depth (each (size, size) float32, crop depth in mm) of one pose."""
-    import renderer_cuda
-    from shards.geometry import background_depth, crop_to_pixels
+    from hand.render import render_mesh_depth, render_sphere_depth
 
-    background = background_depth(CUBE_MM)
     with torch.no_grad():
         batch = pose[None].float()
-        centers = crop_to_pixels(model.keypoints(batch), size, CUBE_MM)
-        spheres = renderer_cuda.render_spheres(centers, model.radii, size, size, background=background,
-                                               pixels_per_mm=size / CUBE_MM)
-        vertices, faces = model.mesh(batch)
-        mesh = renderer_cuda.rasterize(crop_to_pixels(vertices, size, CUBE_MM).contiguous(), faces.int(),
-                                       size, size, background=background)
+        spheres = render_sphere_depth(model.keypoints(batch), model.radii, size=size, cube_mm=CUBE_MM)
+        mesh, _ = render_mesh_depth(model, batch, size=size, cube_mm=CUBE_MM)
     return spheres[0].cpu().numpy(), mesh[0].cpu().numpy()
 
 
@@ -139,7 +134,7 @@ class Viewer:
     @staticmethod
     def _masked(depth: np.ndarray) -> np.ndarray:
         """Background (the cube's far face) as NaN, drawn white, so the colours span the hand only."""
-        return np.where(depth < CUBE_MM / 2, depth, np.nan)
+        return np.where(depth < background_depth(CUBE_MM), depth, np.nan)
 
     def _changed(self, index: int, value: float) -> None:
         self.pose[index] = value

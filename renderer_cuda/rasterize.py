@@ -20,6 +20,7 @@ Rule shared by every backend (see ``csrc/raster_math.h``):
 from __future__ import annotations
 
 import numbers
+import typing
 import warnings
 
 import torch
@@ -28,7 +29,8 @@ import torch.nn.functional as F
 from . import extension
 from .reference import rasterize_reference
 
-BACKENDS = ("auto", "cuda", "cpu", "torch")
+Backend = typing.Literal["auto", "cuda", "cpu", "torch"]  # the backend argument's choices (config fields use it)
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 _MAX_SIZE = 1 << 15  # keeps a triangle box's pixel count within int32 in the kernels
 _fallback_warned = False
 

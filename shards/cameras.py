@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards.geometry import make_transform, transform_points
+from geometry import make_transform, transform_points
 
 
 def kabsch(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards.geometry import NYU_INTRINSICS, Intrinsics
-from shards.nyu import backproject
+from geometry import Intrinsics
+from shards.nyu import NYU_INTRINSICS, backproject
 
 NEAREST_RANK = 40  # ignore this many nearest points: flying pixels and noise
 DEPTH_GAP_MM = 40.0  # a jump this large in sorted depth separates the hand/arm from what is behind

@@ -25,8 +25,9 @@ from PIL import Image
 from scipy.ndimage import minimum_filter
 from scipy.spatial.transform import Rotation
 
-from shards.geometry import NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, NYU_INTRINSICS, nyu_xyz_to_camera, project
-from shards.nyu import MAT_NAME, NUM_JOINTS, VIEWS, depth_path, encode_depth_png
+from shards.nyu import (MAT_NAME, NUM_JOINTS, NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, NYU_INTRINSICS, VIEWS, depth_path,
+                        encode_depth_png, nyu_xyz_to_camera)
+from shards.nyu import project_nyu as project
 
 RECORD_NAME = "fake_nyu.npz"
 SCENE_CENTER = np.array([0.0, 0.0, 800.0])  # where the cameras look, in camera-1 (= world) coordinates

@@ -14,7 +14,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -70,14 +70,40 @@ def encode_sample(fields: dict[str, Any]) -> dict[str, bytes]:
     return out
 
 
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file so that it exists complete or not at all: the one atomic write of the project.
+
+    ``write(handle)`` fills a temporary file next to ``path`` (``.NAME.tmp-PID``); it is flushed and
+    fsynced, renamed over ``path`` and the directory is fsynced, so the rename survives a crash too.
+    If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> str:
-    """Write ``(key, entries)`` samples to ``path`` via a temporary name and rename; returns sha256.
+    """Write ``(key, entries)`` samples to ``path`` atomically (:func:`write_atomic`); returns sha256.
 
     Entries get fixed metadata so that equal samples give byte-identical tars.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+
+    def fill(raw: BinaryIO) -> None:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, entries in samples:
                 for name in sorted(entries):
                     data = entries[name]
@@ -88,12 +114,8 @@ def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> str:
                     info.uid = info.gid = 0
                     info.uname = info.gname = ""
                     tar.addfile(info, io.BytesIO(data))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    write_atomic(path, fill)
     return sha256_file(path)
 
 
@@ -123,9 +145,8 @@ class ShardRecord:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+    write_atomic(path, lambda handle: handle.write(text))
 
 
 def write_manifest(directory: Path, *, kind: str, keys: tuple[str, ...], records: list[ShardRecord],

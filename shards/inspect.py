@@ -6,7 +6,6 @@ the manifest's sample count, and every sample has all the manifest's keys; no st
 
 from __future__ import annotations
 
-import io
 import itertools
 import tarfile
 from dataclasses import dataclass, field
@@ -15,8 +14,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM, crop_to_pixels
 from shards.format import MANIFEST_NAME, ShardsError, read_manifest, sha256_file
-from shards.geometry import crop_to_pixels
+from shards.reader import decode_sample
 
 
 @dataclass
@@ -155,32 +155,25 @@ def _all_samples(root: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
     for directory in split_dirs(root):
         for shard in sorted(directory.glob("shard-*.tar")):
             for key, entries in read_tar_samples(shard):
-                yield directory.name, key, {n: _decode(n, v) for n, v in entries.items()}
+                yield directory.name, key, decode_sample({"__key__": key, "__url__": str(shard), **entries})
 
 
-def _decode(name: str, value: bytes) -> Any:
-    import json
-
-    return np.load(io.BytesIO(value), allow_pickle=False) if name.endswith(".npy") else json.loads(value)
-
-
-def _images(entries: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    if "depth.npy" in entries:
-        meta = entries["meta.json"]
-        return [(entries["depth.npy"][k], crop_to_pixels(entries["joints.npy"][k], meta["size"], meta["cube"]),
-                 f"view {k + 1}") for k in range(len(entries["depth.npy"]))]
-    return [_render_synthetic(entries["pose.npy"], entries["shape.npy"])]
+def _images(sample: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    if "depth" in sample:
+        meta = sample["meta"]
+        return [(sample["depth"][k], crop_to_pixels(sample["joints"][k], meta["size"], meta["cube"]),
+                 f"view {k + 1}") for k in range(len(sample["depth"]))]
+    return [_render_synthetic(sample["pose"], sample["shape"])]
 
 
-def _render_synthetic(pose: np.ndarray, shape: np.ndarray, size: int = 64, cube: float = 300.0):
+def _render_synthetic(pose: np.ndarray, shape: np.ndarray, size: int = DEFAULT_CROP_SIZE,
+                      cube: float = DEFAULT_CUBE_MM) -> tuple[np.ndarray, np.ndarray, str]:
+    """A clean render of one synthetic sample, by the path training renders with (``hand.render``)."""
     import torch
 
-    import hand
-    from renderer_cuda import rasterize
+    from hand import HandModel
+    from hand.render import render_mesh_depth
 
-    model = hand.HandModel()
-    with torch.no_grad():
-        vertices, faces = model.mesh(torch.from_numpy(pose)[None], torch.from_numpy(shape)[None])
-        keypoints = model.keypoints(torch.from_numpy(pose)[None], torch.from_numpy(shape)[None])[0]
-    depth = rasterize(crop_to_pixels(vertices, size, cube).float(), faces.int(), size, size, background=cube / 2)
-    return depth[0].numpy(), crop_to_pixels(keypoints, size, cube).numpy(), "synthetic"
+    depth, keypoints = render_mesh_depth(HandModel(), torch.from_numpy(pose)[None], torch.from_numpy(shape)[None],
+                                         size=size, cube_mm=cube)
+    return depth[0].numpy(), crop_to_pixels(keypoints[0], size, cube).numpy(), "synthetic"

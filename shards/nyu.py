@@ -16,9 +16,9 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from geometry import (Intrinsics, background_depth, clip_depth, crop_to_pixels, half_cube, inside_cube, project,
+                      unproject)
 from shards.format import BadInputError
-from shards.geometry import (NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, NYU_INTRINSICS, Intrinsics, background_depth,
-                             nyu_xyz_to_camera)
 
 VIEWS = 3
 NUM_JOINTS = 36
@@ -26,6 +26,21 @@ PALM_JOINT = 32
 MISSING_DEPTH_VALUES = (0, 32001)
 DEPTH_FILE = re.compile(r"^depth_([123])_(\d{7})\.png$")
 MAT_NAME = "joint_data.mat"
+
+# The values DESIGN.md gives for the NYU Kinect (the prototype used 588.235 / 587.084).
+NYU_INTRINSICS = Intrinsics(fx=588.03, fy=587.07, cx=320.0, cy=240.0)
+NYU_IMAGE_WIDTH = 640
+NYU_IMAGE_HEIGHT = 480
+
+
+def nyu_xyz_to_camera(xyz: np.ndarray) -> np.ndarray:
+    """NYU ``joint_xyz`` (y up) to the camera frame (y down); its own inverse."""
+    return np.stack([xyz[..., 0], -xyz[..., 1], xyz[..., 2]], axis=-1)
+
+
+def project_nyu(points: np.ndarray) -> np.ndarray:
+    """Camera-frame points (..., 3) mm to NYU image (u, v, depth mm) with :data:`NYU_INTRINSICS`."""
+    return project(points, NYU_INTRINSICS)
 
 
 def depth_path(split_dir: Path, view: int, frame: int) -> Path:
@@ -172,19 +187,19 @@ def backproject(depth: np.ndarray, window: tuple[int, int, int, int] | None = No
     u0, u1, v0, v1 = window or (0, depth.shape[1], 0, depth.shape[0])
     sub = depth[v0:v1, u0:u1]
     vs, us = np.nonzero(sub > 0)
-    z = sub[vs, us].astype(np.float64)
-    x = (us + u0 + 0.5 - intrinsics.cx) * z / intrinsics.fx
-    y = (vs + v0 + 0.5 - intrinsics.cy) * z / intrinsics.fy
-    return np.stack([x, y, z], axis=-1)
+    uvz = np.stack([us + u0 + 0.5, vs + v0 + 0.5, sub[vs, us].astype(np.float64)], axis=-1)
+    return unproject(uvz, intrinsics)
 
 
 def cube_window(center: np.ndarray, cube: float, intrinsics: Intrinsics = NYU_INTRINSICS) -> tuple[int, int, int, int]:
     """Image window (u0, u1, v0, v1) that holds every pixel whose ray can meet the cube around ``center``."""
-    half = cube / 2.0
+    half = half_cube(cube)
     z_near = max(center[2] - half, 1.0)
     z_far = max(center[2] + half, z_near)
-    us = [intrinsics.fx * (center[0] + sx * half) / z + intrinsics.cx for sx in (-1, 1) for z in (z_near, z_far)]
-    vs = [intrinsics.fy * (center[1] + sy * half) / z + intrinsics.cy for sy in (-1, 1) for z in (z_near, z_far)]
+    corners = np.array([[center[0] + sx * half, center[1] + sy * half, z]
+                        for sx in (-1, 1) for sy in (-1, 1) for z in (z_near, z_far)], dtype=np.float64)
+    uv = project(corners, intrinsics)
+    us, vs = uv[:, 0], uv[:, 1]
     clamp = lambda value, hi: int(np.clip(value, 0, hi))  # noqa: E731
     return (clamp(np.floor(min(us)), NYU_IMAGE_WIDTH), clamp(np.ceil(max(us)) + 1, NYU_IMAGE_WIDTH),
             clamp(np.floor(min(vs)), NYU_IMAGE_HEIGHT), clamp(np.ceil(max(vs)) + 1, NYU_IMAGE_HEIGHT))
@@ -197,12 +212,10 @@ def crop_depth(depth: np.ndarray, center: np.ndarray, size: int, cube: float,
     Valid depth pixels are back-projected, those inside the cube are mapped to crop pixels and
     z-buffered (the nearest point wins, like a depth camera looking along +z); the rest is background.
     """
-    half = cube / 2.0
     points = backproject(depth, cube_window(center, cube, intrinsics), intrinsics) - center
-    inside = np.all(np.abs(points) < half, axis=-1)
-    points = points[inside]
+    points = points[inside_cube(points, cube)]
     grid = np.full(size * size, np.inf)
-    cells = np.floor((points[:, :2] + half) * (size / cube)).astype(np.int64).clip(0, size - 1)
+    cells = np.floor(crop_to_pixels(points, size, cube)[:, :2]).astype(np.int64).clip(0, size - 1)
     np.minimum.at(grid, cells[:, 1] * size + cells[:, 0], points[:, 2])
     grid[np.isinf(grid)] = background_depth(cube)
-    return np.clip(grid, -half, half).reshape(size, size).astype(np.float32)
+    return clip_depth(grid, cube).reshape(size, size).astype(np.float32)

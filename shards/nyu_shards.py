@@ -11,8 +11,7 @@ import numpy as np
 from shards.cameras import crop_cams, fixed_transforms, per_frame_transforms
 from shards.center import find_center
 from shards.format import NYU_KEYS, BadInputError, ShardsError, encode_sample
-from shards.geometry import NYU_INTRINSICS
-from shards.nyu import PALM_JOINT, VIEWS, check_split, crop_depth, depth_path, read_depth
+from shards.nyu import NYU_INTRINSICS, PALM_JOINT, VIEWS, check_split, crop_depth, depth_path, read_depth
 from shards.writer import BuildSpec, ItemResult, build
 
 CENTERS = ("gt", "com")

@@ -24,9 +24,10 @@ def _worker(out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from hand import HandModel
-    from train.config import load_config
+    from train.config import active_losses, load_config
     from train.distributed import get_dist_env, setup_distributed, teardown_distributed
-    from train.loop import active_losses, lr_factor, train_step
+    from train.loop import train_step
+    from train.optim import lr_factor
     from train.losses import build_losses
     from train.network import build_network
     from train.synthesis import Synthesizer, held_out_batch

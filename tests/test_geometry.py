@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from shards import geometry
+import geometry
+from shards import nyu
 
 
 def _rotation_z(angle: float) -> np.ndarray:
@@ -19,15 +20,15 @@ def test_project_unproject_round_trip(kind):
     points = np.array([[10.0, -25.0, 700.0], [-80.0, 40.0, 950.0]])
     if kind == "torch":
         points = torch.tensor(points)
-    uvz = geometry.project(points)
-    back = geometry.unproject(uvz)
+    uvz = geometry.project(points, nyu.NYU_INTRINSICS)
+    back = geometry.unproject(uvz, nyu.NYU_INTRINSICS)
     assert type(back) is type(points)
     np.testing.assert_allclose(np.asarray(back), np.asarray(points), atol=1e-9)
 
 
 def test_project_principal_point_and_focal():
-    uvz = geometry.project(np.array([[0.0, 0.0, 500.0], [100.0, 50.0, 1000.0]]))
-    k = geometry.NYU_INTRINSICS
+    k = nyu.NYU_INTRINSICS
+    uvz = geometry.project(np.array([[0.0, 0.0, 500.0], [100.0, 50.0, 1000.0]]), k)
     np.testing.assert_allclose(uvz[0], [k.cx, k.cy, 500.0])
     np.testing.assert_allclose(uvz[1], [k.cx + 0.1 * k.fx, k.cy + 0.05 * k.fy, 1000.0])
 
@@ -44,8 +45,8 @@ def test_crop_pixels_formula_and_inverse():
 
 def test_nyu_y_up_flip_is_its_own_inverse():
     xyz = np.array([[1.0, 2.0, 3.0]])
-    np.testing.assert_allclose(geometry.nyu_xyz_to_camera(xyz), [[1.0, -2.0, 3.0]])
-    np.testing.assert_allclose(geometry.nyu_xyz_to_camera(geometry.nyu_xyz_to_camera(xyz)), xyz)
+    np.testing.assert_allclose(nyu.nyu_xyz_to_camera(xyz), [[1.0, -2.0, 3.0]])
+    np.testing.assert_allclose(nyu.nyu_xyz_to_camera(nyu.nyu_xyz_to_camera(xyz)), xyz)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])

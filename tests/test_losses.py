@@ -10,7 +10,7 @@ import torch
 
 import hand
 from renderer_cuda import render_spheres
-from shards.geometry import background_depth, crop_to_pixels, invert_transform, make_transform, transform_points
+from geometry import background_depth, crop_to_pixels, invert_transform, make_transform, transform_points
 from train.losses import (BoneLengthLoss, CollisionLoss, ConsistencyLoss, HeatmapMeanLoss, HeatmapTargetLoss,
                           JointDepthLoss, LossConfig, ProjectionLoss, TermConfig, build_losses)
 from train.network import NetworkConfig, NetworkOutput, build_network, spatial_softmax

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shards.geometry import pixels_to_crop
+from geometry import pixels_to_crop
 from train.network import (NetworkConfig, NetworkOutput, build_network, cell_centres, decode_joints,
                            spatial_softmax)
 

@@ -71,7 +71,7 @@ def test_cpu_matches_torch_on_random_meshes(perspective, supersample):
 
 def test_cpu_matches_torch_on_hand_meshes():
     hand = pytest.importorskip("hand")
-    from shards.geometry import crop_to_pixels
+    from geometry import crop_to_pixels
 
     model = hand.HandModel()
     vertices, faces = model.mesh(hand.sample_poses(2, generator=torch.Generator().manual_seed(0)))

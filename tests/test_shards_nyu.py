@@ -9,7 +9,7 @@ import pytest
 
 from shards.cameras import rotation_angle_deg
 from shards.fake_nyu import RECORD_NAME, camera_poses
-from shards.geometry import background_depth, crop_to_pixels, transform_points
+from geometry import background_depth, crop_to_pixels, transform_points
 from shards.nyu import load_labels
 from shards.reader import make_loader
 

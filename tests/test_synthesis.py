@@ -7,7 +7,7 @@ import torch
 
 from hand import PALM_CENTER, HandModel
 from shards.format import SYNTHETIC_AUGMENT_FIELDS
-from shards.geometry import background_depth, crop_to_pixels
+from geometry import background_depth, crop_to_pixels
 from train.synthesis import Synthesizer, held_out_batch
 
 SIZE, CUBE = 64, 300.0

@@ -1,18 +1,21 @@
-"""Train the hand pose network: ``python -m train --config FILE [dotted.key=value ...]``.
+"""Train the hand pose network from a YAML config and dotted.key=value overrides.
 
-Launch commands (CPU uses gloo, GPUs NCCL; every rank renders its own synthetic batches)::
+Launch commands (CPU ranks use gloo, GPU ranks NCCL; every rank renders its own synthetic batches):
 
     # one process
     python -m train --config configs/ci.yaml data.synthetic=synth run.dir=runs/ci
     # two processes on one machine (CPU or two GPUs)
-    torchrun --standalone --nproc_per_node=2 -m train --config configs/ci.yaml \
+    torchrun --standalone --nproc_per_node=2 -m train --config configs/ci.yaml \\
         data.real=nyu data.synthetic=synth run.dir=runs/ci
     # survive a crashed rank: restarts resume from the newest checkpoint in run.dir
     torchrun --standalone --nproc_per_node=2 --max-restarts=3 -m train --config configs/synthetic.yaml ...
+    # many nodes: one torchrun per node with a c10d rendezvous on the first node (HEAD)
+    torchrun --nnodes=N --nproc_per_node=8 --node_rank=$NODE_RANK --rdzv_backend=c10d \\
+        --rdzv_endpoint=$HEAD:29500 --rdzv_id=my-run -m train --config configs/selfsup.yaml run.dir=/shared/run
 
-Re-running the same command resumes from ``RUN/checkpoints``. SIGTERM/SIGUSR1 make every rank stop at
-the next step, checkpoint and exit 0. A bad config key or value exits with status 2 and says which; so
-does an unusable checkpoint (``init`` or resume: missing, unreadable, or of another model config).
+Re-running the same command resumes from RUN/checkpoints. SIGTERM/SIGUSR1 make every rank stop at the
+next step, checkpoint and exit 0. A bad config key or value exits with status 2 and says which; so does
+an unusable checkpoint (init or resume: missing, unreadable, or of another model config).
 """
 
 from __future__ import annotations
@@ -22,25 +25,21 @@ import logging
 import sys
 from pathlib import Path
 
+from train.checkpoint import CheckpointError
 from train.config import ConfigError, dump_config, load_config, validate
+from train.distributed import barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
+from train.loop import Trainer
+from train.run import setup_run
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML run config (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value",
                         help="config overrides, e.g. run.steps=100 loss.projection.weight=0.5")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser.parse_args(argv)
-
-
-def setup_logging(run_dir: Path, rank: int) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if rank == 0:
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=handlers, force=True,
-                        format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,18 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from train.checkpoint import CheckpointError
-    from train.distributed import barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
-    from train.loop import Trainer, setup_run_dir
-
     env = get_dist_env()
     device = select_device(cfg.run.device, env)
     setup_distributed(env, device)
     trainer = None
     finished_cleanly = False
     try:
-        run_dir = setup_run_dir(cfg, env)
-        setup_logging(run_dir, env.rank)
+        run_dir = setup_run(cfg.run, dump_config(cfg), env)
         trainer = Trainer(cfg, env, device, run_dir)
         finished = trainer.train()
         barrier()  # no rank tears the process group down while another still logs or evaluates

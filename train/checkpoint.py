@@ -23,7 +23,6 @@ continues at a different position than an uninterrupted run would.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from shards.format import write_atomic
 from train.distributed import all_gather_objects, barrier
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,17 @@ def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     """``key: saved X, now Y`` for every config.model key whose value differs (absent keys count)."""
     return [f"model.{key}: saved {saved.get(key, '<absent>')!r}, now {current.get(key, '<absent>')!r}"
             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def check_model_config(payload: dict[str, Any], current: dict[str, Any], path: str | Path, remedy: str) -> None:
+    """Refuse a checkpoint whose ``config.model`` differs from ``current`` (resume and ``init`` alike).
+
+    The message names the file and every differing key; ``remedy`` says what the user can do.
+    """
+    differences = model_differences(payload["config"].get("model") or {}, current)
+    if differences:
+        raise CheckpointError(f"checkpoint {path} was trained with another model config "
+                              f"({'; '.join(differences)}); {remedy}")
 
 
 def load_model_weights(net: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:
@@ -162,20 +173,6 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
-
-
 class Checkpointer:
     """Saves and restores the training state of one run directory.
 
@@ -212,7 +209,7 @@ class Checkpointer:
             obj = {"step": step, "config": self.config, "rng": rng, "world_size": self.world_size,
                    "data": {"step": step, "batches_per_epoch": self.batches_per_epoch}}
             obj.update({name: state.state_dict() for name, state in self.states.items()})
-            _atomic_save(obj, path)
+            write_atomic(path, lambda handle: torch.save(obj, handle))
             self._prune()
             log.info("saved checkpoint %s", path)
         barrier()  # no rank leaves (or exits) before the checkpoint is complete
@@ -236,20 +233,15 @@ class Checkpointer:
             except CheckpointError as exc:  # a damaged file: fall back to the previous one
                 log.warning("cannot read checkpoint %s (%s); trying an older one", path, exc)
                 continue
-            self._check_model(obj, path)
+            check_model_config(obj, self.config.get("model") or {}, path,
+                               f"run.dir {self.directory.parent} holds it: use a new run.dir or restore "
+                               "those model settings")
             self._warn_data_position(obj, path)
             self._restore(obj, path)
             self.last_saved = step
             log.info("resumed from %s at step %d", path, step)
             return int(obj["step"])
         return 0
-
-    def _check_model(self, obj: dict[str, Any], path: Path) -> None:
-        differences = model_differences(obj["config"].get("model") or {}, self.config.get("model") or {})
-        if differences:
-            raise CheckpointError(
-                f"run.dir {self.directory.parent} holds checkpoint {path} of another model config "
-                f"({'; '.join(differences)}); use a new run.dir or restore those model settings")
 
     def _warn_data_position(self, obj: dict[str, Any], path: Path) -> None:
         """Log each changed setting that moves the data stream (allowed: elastic resumes change them)."""

@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
+NO_TRAINING_DATA = "no training data: set 'data.synthetic' and/or 'data.real' (with a batch size > 0)"
+
 
 @dataclass
 class DataConfig:
@@ -30,6 +32,16 @@ class DataConfig:
     num_workers: int = 2  # loader worker processes per rank and source
     size: int = 64  # crop size S in pixels (must match the shards)
     cube: float = 300.0  # crop cube edge in mm (must match the shards)
+
+    @property
+    def has_real(self) -> bool:
+        """Whether training steps read real NYU frames (a root and a batch size > 0)."""
+        return bool(self.real) and self.real_batch > 0
+
+    @property
+    def has_synthetic(self) -> bool:
+        """Whether training steps render synthetic samples (a shard dir and a batch size > 0)."""
+        return bool(self.synthetic) and self.synthetic_batch > 0
 
 
 class BatchStream:
@@ -108,11 +120,11 @@ def build_streams(cfg: DataConfig, *, seed: int) -> tuple[BatchStream | None, Ba
     """(synthetic, real) streams; None for a source that is absent or has batch size 0."""
     common = dict(batches_per_epoch=cfg.batches_per_epoch, num_workers=cfg.num_workers)
     synthetic = real = None
-    if cfg.synthetic and cfg.synthetic_batch > 0:
+    if cfg.has_synthetic:
         synthetic = BatchStream(cfg.synthetic, batch_size=cfg.synthetic_batch, seed=seed, **common)
-    if cfg.real and cfg.real_batch > 0:
+    if cfg.has_real:
         check_crop_geometry(cfg, Path(cfg.real) / "train")
         real = BatchStream(Path(cfg.real) / "train", batch_size=cfg.real_batch, seed=seed + 1, **common)
     if synthetic is None and real is None:
-        raise ValueError("no training data: set data.synthetic and/or data.real (with a batch size > 0)")
+        raise ValueError(NO_TRAINING_DATA)
     return synthetic, real

@@ -23,7 +23,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+from shards.reader import PREEMPTION_SIGNALS
+
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import argparse
 import csv
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from torch import nn
 
 from train.checkpoint import CheckpointError, list_checkpoints, load_model_weights, read_checkpoint
 from train.network import HourglassNet, NetworkConfig, build_network
+from train.schema import ConfigError, from_dict
 
 # Copies of hand.NYU_EVAL_JOINTS / NYU test facts would drift; they are read from `hand` at use.
 SUBJECT_2_FIRST_FRAME = 2441  # NYU test: frames 1..2440 show subject 1, the rest subject 2
@@ -85,11 +86,10 @@ def load_network(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
 
 
 def _network_config(section: dict, path: Path) -> NetworkConfig:
-    known = {f.name for f in fields(NetworkConfig)}
-    unknown = set(section) - known
-    if unknown:
-        raise CheckpointError(f"checkpoint {path}: unknown config.model keys {sorted(unknown)}")
-    return NetworkConfig(**section)
+    try:
+        return from_dict(NetworkConfig, section, prefix="model.", where=f" in checkpoint {path}")
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def joint_errors(predicted: np.ndarray, truth: np.ndarray, joints: list[int]) -> np.ndarray:

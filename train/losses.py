@@ -44,14 +44,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shards.geometry import background_depth, crop_to_pixels, invert_transform, pixels_to_crop, transform_points
+from geometry import background_depth, crop_to_pixels, invert_transform, pixels_to_crop, transform_points
+from renderer_cuda import render_spheres
 from train.network import NetworkOutput
+from train.prior import load_prior, prior_inputs
 
 if TYPE_CHECKING:  # only for annotations: the hand package is passed in by the caller
     from hand import HandModel
 
 NUM_VIEWS = 3
-PRIOR_SCALE_MM = 100.0
 
 
 @dataclass
@@ -150,8 +151,6 @@ class ProjectionLoss(nn.Module):
         return self.model_to_data(centres, depth.float()) + self.data_to_model(centres, depth.float())
 
     def model_to_data(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        from renderer_cuda import render_spheres  # imported late: the package may build on first use
-
         batch, views, _, num, _ = centres.shape
         pixels = crop_to_pixels(centres, self.size, self.cube_mm).reshape(-1, num, 3)
         rendered = render_spheres(pixels, self.radii, self.size, self.size, background=self.background,
@@ -205,8 +204,6 @@ class PriorLoss(nn.Module):
         return self
 
     def forward(self, joints: torch.Tensor) -> torch.Tensor:
-        from train.prior import prior_inputs
-
         return self.vae.negative_elbo(prior_inputs(joints.float())).mean()
 
 
@@ -344,14 +341,5 @@ def _stack_joints(output: NetworkOutput) -> list[torch.Tensor]:
 def build_losses(cfg: LossConfig, hand: HandModel, prior_path: str | None = None, *, size: int,
                  cube_mm: float) -> Losses:
     """The loss module; ``prior_path`` (or ``cfg.prior_path``) names the pose VAE file of ``train.prior``."""
-    vae = None
-    if cfg.prior.enabled:
-        path = prior_path or cfg.prior_path
-        if not path:
-            raise ValueError("the pose prior loss is enabled (loss.prior.enabled) but no prior file was given: "
-                             "set loss.prior_path (train one with `python -m train.prior --out prior.pt`) "
-                             "or set loss.prior.enabled to false")
-        from train.prior import load_prior
-
-        vae = load_prior(path)
+    vae = load_prior(prior_path or cfg.prior_path) if cfg.prior.enabled else None
     return Losses(cfg, hand, vae, size=size, cube_mm=cube_mm)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -138,40 +137,3 @@ def build_metrics_sink(cfg: MetricsConfig, run_dir: Path, *, is_main: bool, tota
     if cfg.tensorboard:
         writers.append(TensorBoardWriter(run_dir))
     return MetricsSink(writers)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Images for TensorBoard: depth crops as grey RGB (near = bright), keypoints as coloured dots.
-
-IMAGE_SCALE = 4  # crops are 64 px; upscale so the dots are visible
-
-
-def depth_to_rgb(depth: torch.Tensor, cube_mm: float) -> np.ndarray:
-    """(S, S) crop depth in mm to a (3, S*k, S*k) float image in [0, 1]."""
-    half = cube_mm / 2.0
-    grey = (half - depth.detach().float().cpu().clamp(-half, half)) / cube_mm
-    grey = grey.repeat_interleave(IMAGE_SCALE, 0).repeat_interleave(IMAGE_SCALE, 1)
-    return grey[None].expand(3, -1, -1).numpy().copy()
-
-
-def draw_points(image: np.ndarray, uv: torch.Tensor, color: tuple[float, float, float]) -> np.ndarray:
-    """Dots at crop-pixel positions ``uv`` (N, 2) on an upscaled image (in place, returned)."""
-    height, width = image.shape[1:]
-    for u, v in (uv.detach().float().cpu() * IMAGE_SCALE).tolist():
-        if not (math.isfinite(u) and math.isfinite(v)):
-            continue
-        j, i = int(u), int(v)
-        i0, i1, j0, j1 = max(i - 1, 0), min(i + 2, height), max(j - 1, 0), min(j + 2, width)
-        if i0 < i1 and j0 < j1:
-            image[:, i0:i1, j0:j1] = np.asarray(color, dtype=image.dtype)[:, None, None]
-    return image
-
-
-def side_by_side(*images: np.ndarray) -> np.ndarray:
-    """Panels left to right with a 2-pixel separator."""
-    height = images[0].shape[1]
-    gap = np.ones((3, height, 2), dtype=images[0].dtype)
-    parts: list[np.ndarray] = []
-    for k, image in enumerate(images):
-        parts += [gap, image] if k else [image]
-    return np.concatenate(parts, axis=2)

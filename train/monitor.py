@@ -9,16 +9,39 @@ functions (one error function for evaluation and monitoring).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from shards.geometry import background_depth, crop_to_pixels
+from geometry import clip_depth, crop_to_pixels, half_cube
+from hand.render import render_sphere_depth
 from train.distributed import all_gather_objects
-from train.metrics import depth_to_rgb, draw_points, side_by_side
+
+@dataclass
+class EvalConfig:
+    """Evaluation during training, logged as eval/mean_error_mm."""
+
+    every: int = 500  # steps between evaluations (0: never); the first evaluation is at step 0 of a fresh run
+    at_start: bool = True  # evaluate the untrained (or init) network before the first step
+    real_batches: int | None = 8  # batches of data.real/test per evaluation (None: the whole split)
+    batch_size: int = 16  # frames per evaluation batch
+    synthetic_samples: int = 64  # held-out synthetic samples rendered once (synthetic-only runs)
+    synthetic_seed: int = 12345  # seed of the held-out synthetic set (disjoint from the shard seeds)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run evaluates at all (periodically or once at the start), i.e. reads data.real/test."""
+        return self.every > 0 or self.at_start
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether to evaluate after ``step`` of a ``steps``-step run (periodically and at the end)."""
+        return self.every > 0 and (step % self.every == 0 or step == steps)
+
 
 PREDICTED = (1.0, 0.2, 0.2)  # red dots: predicted joints
 TARGET = (0.2, 1.0, 0.2)  # green dots: true keypoints
@@ -83,6 +106,54 @@ class Evaluator:
         return {f"eval/real/{name}": value for name, value in metric_scalars(metrics).items()}
 
 
+def build_evaluator(cfg: EvalConfig, *, real_root: str | None,
+                    synthetic: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None, num_workers: int,
+                    device: torch.device, rank: int, world_size: int) -> Evaluator | None:
+    """The evaluator of ``cfg`` (None when the run never evaluates); ``synthetic`` renders the held-out
+    synthetic set, called on rank 0 only."""
+    if not cfg.enabled:
+        return None
+    return Evaluator(real_root=real_root, synthetic=synthetic() if synthetic is not None and rank == 0 else None,
+                     batch_size=cfg.batch_size, real_batches=cfg.real_batches, num_workers=num_workers,
+                     device=device, rank=rank, world_size=world_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images for TensorBoard: depth crops as grey RGB (near = bright), keypoints as coloured dots.
+
+IMAGE_SCALE = 4  # crops are 64 px; upscale so the dots are visible
+
+
+def depth_to_rgb(depth: torch.Tensor, cube_mm: float) -> np.ndarray:
+    """(S, S) crop depth in mm to a (3, S*k, S*k) float image in [0, 1]."""
+    grey = (half_cube(cube_mm) - clip_depth(depth.detach().float().cpu(), cube_mm)) / cube_mm
+    grey = grey.repeat_interleave(IMAGE_SCALE, 0).repeat_interleave(IMAGE_SCALE, 1)
+    return grey[None].expand(3, -1, -1).numpy().copy()
+
+
+def draw_points(image: np.ndarray, uv: torch.Tensor, color: tuple[float, float, float]) -> np.ndarray:
+    """Dots at crop-pixel positions ``uv`` (N, 2) on an upscaled image (in place, returned)."""
+    height, width = image.shape[1:]
+    for u, v in (uv.detach().float().cpu() * IMAGE_SCALE).tolist():
+        if not (math.isfinite(u) and math.isfinite(v)):
+            continue
+        j, i = int(u), int(v)
+        i0, i1, j0, j1 = max(i - 1, 0), min(i + 2, height), max(j - 1, 0), min(j + 2, width)
+        if i0 < i1 and j0 < j1:
+            image[:, i0:i1, j0:j1] = np.asarray(color, dtype=image.dtype)[:, None, None]
+    return image
+
+
+def side_by_side(*images: np.ndarray) -> np.ndarray:
+    """Panels left to right with a 2-pixel separator."""
+    height = images[0].shape[1]
+    gap = np.ones((3, height, 2), dtype=images[0].dtype)
+    parts: list[np.ndarray] = []
+    for k, image in enumerate(images):
+        parts += [gap, image] if k else [image]
+    return np.concatenate(parts, axis=2)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Images: what the network sees and what it predicts.
 
@@ -94,19 +165,13 @@ class ImageMaker:
         self.radii = radii
         self.size = size
         self.cube_mm = cube_mm
-        self.background = background_depth(cube_mm)
 
     def _pixels(self, points: torch.Tensor) -> torch.Tensor:
         return crop_to_pixels(points.detach().float(), self.size, self.cube_mm)
 
     def spheres(self, joints: torch.Tensor) -> torch.Tensor:
         """(J, 3) crop-frame joints rendered as the hand model's spheres, (S, S) depth."""
-        from renderer_cuda import render_spheres
-
-        centres = self._pixels(joints)[None]
-        rendered = render_spheres(centres, self.radii.to(centres.device), self.size, self.size,
-                                  background=self.background, pixels_per_mm=self.size / self.cube_mm)
-        return rendered[0]
+        return render_sphere_depth(joints.detach()[None], self.radii, size=self.size, cube_mm=self.cube_mm)[0]
 
     def real(self, depth: torch.Tensor, joints: torch.Tensor) -> dict[str, np.ndarray]:
         """Observed view with predicted joints | predicted spheres | observed depth."""
@@ -124,13 +189,18 @@ class ImageMaker:
         return {"images/synthetic/render_vs_target": side_by_side(render, target_spheres)}
 
 
-def step_images(maker: ImageMaker, step_view: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Panels of the first sample of each source in a step (``step_view`` from the trainer)."""
+def step_images(maker: ImageMaker, joints: torch.Tensor, synthetic: tuple[torch.Tensor, torch.Tensor] | None,
+                real: dict | None) -> dict[str, np.ndarray]:
+    """Panels of the first sample of each source in a step.
+
+    ``joints`` are the step's predicted joints, synthetic images first; ``synthetic`` the rendered
+    (depth (B, 1, S, S), keypoints) and ``real`` the NYU batch, None for an absent source.
+    """
     images: dict[str, np.ndarray] = {}
+    n_synthetic = synthetic[0].shape[0] if synthetic is not None else 0
     with torch.no_grad():
-        if step_view.get("synthetic_depth") is not None:
-            images.update(maker.synthetic(step_view["synthetic_depth"][0, 0], step_view["synthetic_joints"][0],
-                                          step_view["synthetic_target"][0]))
-        if step_view.get("real_depth") is not None:
-            images.update(maker.real(step_view["real_depth"][0, 0], step_view["real_joints"][0]))
+        if synthetic is not None:
+            images.update(maker.synthetic(synthetic[0][0, 0], joints[0], synthetic[1][0]))
+        if real is not None:
+            images.update(maker.real(real["depth"][0, 0], joints[n_synthetic]))
     return images

@@ -7,7 +7,7 @@ scores 2 * J channels (J raw heatmap scores, J depth maps); intermediate heads f
 
 Decoding (per stack): heatmap = spatial softmax of ``softmax_temperature * score``; the (u, v) position is
 the heatmap expectation of the cell centres mapped to crop pixels (a cell is S / H pixels wide), turned
-into crop-frame x, y in mm with :func:`shards.geometry.pixels_to_crop`; z = sum(heatmap * depth map).
+into crop-frame x, y in mm with :func:`geometry.pixels_to_crop`; z = sum(heatmap * depth map).
 Input depth is in mm and scaled by ``1 / depth_scale_mm`` inside; depth-map outputs are multiplied by
 ``depth_scale_mm`` so that the network works with values of order one.
 """
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shards.geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM, pixels_to_crop
+from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM, pixels_to_crop
 
 
 @dataclass

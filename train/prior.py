@@ -1,4 +1,4 @@
-"""Pose prior: a small VAE over the 41 sphere centres of model hands (palm-centred, joints / 100).
+"""Pose prior (VAE): a small VAE over the 41 sphere centres of model hands (palm-centred, joints / 100).
 
 Trained from the hand model's joint-angle sampler (``hand.sample_poses``) and shape sampler
 (``hand.sample_shapes``) through forward kinematics (``hand.HandModel.keypoints``); used frozen by the
@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from shards.format import write_atomic
+from train.schema import from_dict
 
 FORMAT = "sphere-hand-pose-vae"
 VERSION = 1
@@ -134,28 +137,37 @@ def save_prior(vae: PoseVAE, path: str | Path) -> None:
     payload = {"format": FORMAT, "version": VERSION, "config": asdict(vae.cfg),
                "state_dict": {k: v.detach().cpu() for k, v in vae.state_dict().items()},
                "final_loss": float(getattr(vae, "final_loss", float("nan")))}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
-def load_prior(path: str | Path, device: str | torch.device = "cpu") -> PoseVAE:
-    """A frozen pose VAE (eval mode, no gradients to its weights) from a file of :func:`save_prior`."""
+def check_prior_file(path: str | Path | None) -> Path:
+    """The pose prior file the ``prior`` loss term needs: given, and a file (the one check of it).
+
+    Raises ValueError when no path is given and FileNotFoundError when it is not a file; both messages
+    name the config key ``loss.prior_path`` and say how to train a prior.
+    """
+    if not path:
+        raise ValueError("'loss.prior_path' is required while 'loss.prior.enabled' is true: train a pose prior "
+                         "(VAE) with `python -m train.prior --out prior.pt` and set loss.prior_path to it, or set "
+                         "loss.prior.enabled=false")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pose prior file {path} does not exist (train one with "
+        raise FileNotFoundError(f"'loss.prior_path': pose prior file {path} does not exist (train one with "
                                 f"`python -m train.prior --out {path}`)")
+    return path
+
+
+def load_prior(path: str | Path | None, device: str | torch.device = "cpu") -> PoseVAE:
+    """A frozen pose VAE (eval mode, no gradients to its weights) from a file of :func:`save_prior`."""
+    path = check_prior_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing here
         raise ValueError(f"pose prior file {path} could not be read: {error}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a pose prior file (missing format {FORMAT!r})")
-    known = {f.name for f in fields(PriorConfig)}
-    unknown = set(payload["config"]) - known
-    if unknown:
-        raise ValueError(f"pose prior file {path} has unknown config keys {sorted(unknown)}")
-    vae = PoseVAE(PriorConfig(**payload["config"]))
+    # ConfigError (a ValueError) names the file and the unknown or mistyped key.
+    vae = PoseVAE(from_dict(PriorConfig, payload.get("config"), where=f" in pose prior file {path}"))
     vae.load_state_dict(payload["state_dict"])
     return vae.to(device).eval().requires_grad_(False)
 

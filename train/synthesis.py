@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from geometry import background_depth, clip_depth, mm_per_pixel
 from hand import HandModel
-from renderer_cuda import rasterize
+from hand.render import render_mesh_depth
+from renderer_cuda.rasterize import Backend
 from shards.format import SYNTHETIC_AUGMENT_FIELDS
-from shards.geometry import background_depth, crop_to_pixels
 
 _FIELD = {name: i for i, name in enumerate(SYNTHETIC_AUGMENT_FIELDS)}
 
@@ -29,14 +30,14 @@ class SynthesisConfig:
     """Rendering of synthetic training depth."""
 
     supersample: int = 1  # rasterizer supersampling factor per axis (1: one sample per pixel)
-    backend: str = "auto"  # rasterizer backend: "auto", "cuda", "cpu" or "torch"
+    backend: Backend = "auto"  # rasterizer backend (renderer_cuda.BACKENDS): auto, cuda, cpu or torch
 
 
 def jitter_offset_mm(augment: torch.Tensor, size: int, cube_mm: float) -> torch.Tensor:
     """(B, 3) crop-centre displacement in mm for the augment rows' pixel jitter (z unchanged)."""
     pixels = augment[:, [_FIELD["jitter_x_px"], _FIELD["jitter_y_px"]]]
     offset = torch.zeros(augment.shape[0], 3, dtype=augment.dtype, device=augment.device)
-    offset[:, :2] = pixels * (cube_mm / size)
+    offset[:, :2] = pixels * mm_per_pixel(size, cube_mm)
     return offset
 
 
@@ -69,19 +70,13 @@ class Synthesizer:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.device
-        pose = batch["pose"].to(device, torch.float32)
-        shape = batch["shape"].to(device, torch.float32)
-        augment = batch["augment"].to(device, torch.float32)
-        vertices, faces = self.hand.mesh(pose, shape)
-        keypoints = self.hand.keypoints(pose, shape)
+        augment = batch["augment"].to(self.device, torch.float32)
         offset = jitter_offset_mm(augment, self.size, self.cube_mm)[:, None, :]
-        vertices, keypoints = vertices - offset, keypoints - offset
-        pixels = crop_to_pixels(vertices, self.size, self.cube_mm).float().contiguous()
-        depth = rasterize(pixels, faces.to(device=device, dtype=torch.int32), self.size, self.size,
-                          background=self.background, supersample=self.cfg.supersample, backend=self.cfg.backend)
+        depth, keypoints = render_mesh_depth(self.hand, batch["pose"], batch["shape"], size=self.size,
+                                             cube_mm=self.cube_mm, offset_mm=offset,
+                                             supersample=self.cfg.supersample, backend=self.cfg.backend)
         depth = self._add_noise(depth, augment)
-        return depth[:, None], keypoints.float()
+        return depth[:, None], keypoints
 
     def _add_noise(self, depth: torch.Tensor, augment: torch.Tensor) -> torch.Tensor:
         noise, holes = sensor_noise(augment, self.size)
@@ -90,8 +85,7 @@ class Synthesizer:
         depth = torch.where(hand_pixels, depth + noise, depth)
         # Missing sensor depth reads as background, like the real crops.
         depth = torch.where(hand_pixels & holes, torch.full_like(depth, self.background), depth)
-        half = self.cube_mm / 2.0
-        return depth.clamp(-half, half)
+        return clip_depth(depth, self.cube_mm)
 
 
 def held_out_batch(hand: HandModel, n: int, seed: int) -> dict[str, torch.Tensor]:

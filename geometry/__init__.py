@@ -1,16 +1,20 @@
-"""Camera and crop geometry: the one place that defines the project's frames.
+"""The crop frame and camera maths: the one ground-floor module every package imports.
+
+It imports nothing of the project (numpy and torch only), so ``hand``, ``shards`` and ``train`` can all
+use it. Facts of one data set (the NYU Kinect's intrinsics and image size, NYU's y-up labels) live with
+that data set in :mod:`shards.nyu`.
 
 Frames (all lengths in millimetres):
 
 - **camera frame** of a view: image axes, x right, y down, z away from the camera.
-  NYU's ``joint_xyz`` is y-up; :func:`nyu_xyz_to_camera` flips it.
-- **image pixels**: ``u = fx * x / z + cx``, ``v = fy * y / z + cy``; pixel (i, j) covers
-  ``u in [j, j+1)``, ``v in [i, i+1)`` (the rasterizer samples its centre, ``j + 0.5``).
+- **image pixels**: ``u = fx * x / z + cx``, ``v = fy * y / z + cy`` (:func:`project`); pixel (i, j)
+  covers ``u in [j, j+1)``, ``v in [i, i+1)`` (the rasterizer samples its centre, ``j + 0.5``).
 - **crop frame** of a view: the camera frame minus the crop centre.
 - **crop pixels**: an orthographic S x S window onto a ``cube`` mm cube around the centre,
-  ``u = x * S / cube + S / 2``, ``v = y * S / cube + S / 2``; crop depth is ``z`` in the crop frame.
-  Pixels the hand does not cover, and missing sensor depth, hold :func:`background_depth`, the far
-  face of the cube; depth is clipped to ``[-cube/2, cube/2]``.
+  ``u = x * S / cube + S / 2``, ``v = y * S / cube + S / 2`` (:func:`crop_to_pixels`); crop depth is
+  ``z`` in the crop frame. Pixels the hand does not cover, and missing sensor depth, hold
+  :func:`background_depth`, the far face of the cube; depth is clipped to ``[-cube/2, cube/2]``
+  (:func:`clip_depth`).
 
 Every function takes numpy arrays or torch tensors and returns the same kind.
 """
@@ -42,15 +46,31 @@ class Intrinsics:
         return asdict(self)
 
 
-# The values DESIGN.md gives for the NYU Kinect (the prototype used 588.235 / 587.084).
-NYU_INTRINSICS = Intrinsics(fx=588.03, fy=587.07, cx=320.0, cy=240.0)
-NYU_IMAGE_WIDTH = 640
-NYU_IMAGE_HEIGHT = 480
+def half_cube(cube_mm: float = DEFAULT_CUBE_MM) -> float:
+    """Half the cube edge: the crop frame spans ``[-half, half]`` mm on every axis."""
+    return cube_mm / 2.0
 
 
 def background_depth(cube_mm: float = DEFAULT_CUBE_MM) -> float:
     """Crop depth of uncovered pixels and missing sensor depth: the cube's far face."""
-    return cube_mm / 2.0
+    return half_cube(cube_mm)
+
+
+def clip_depth(depth: Array, cube_mm: float = DEFAULT_CUBE_MM) -> Array:
+    """Crop depth clipped into the cube, ``[-cube/2, cube/2]``."""
+    half = half_cube(cube_mm)
+    return depth.clamp(-half, half) if isinstance(depth, torch.Tensor) else np.clip(depth, -half, half)
+
+
+def inside_cube(points: Array, cube_mm: float = DEFAULT_CUBE_MM) -> Array:
+    """(..., 3) crop-frame points -> (...) bool: strictly inside the crop cube."""
+    inside = abs(points) < half_cube(cube_mm)
+    return inside.all(-1) if isinstance(inside, torch.Tensor) else np.all(inside, axis=-1)
+
+
+def mm_per_pixel(size: int = DEFAULT_CROP_SIZE, cube_mm: float = DEFAULT_CUBE_MM) -> float:
+    """Edge of one crop pixel in mm (``cube / S``)."""
+    return cube_mm / size
 
 
 def _stack(parts: list[Array]) -> Array:
@@ -59,19 +79,14 @@ def _stack(parts: list[Array]) -> Array:
     return np.stack(parts, axis=-1)
 
 
-def nyu_xyz_to_camera(xyz: Array) -> Array:
-    """NYU ``joint_xyz`` (y up) to the camera frame (y down); its own inverse."""
-    return _stack([xyz[..., 0], -xyz[..., 1], xyz[..., 2]])
-
-
-def project(points: Array, intrinsics: Intrinsics = NYU_INTRINSICS) -> Array:
+def project(points: Array, intrinsics: Intrinsics) -> Array:
     """Camera-frame points (..., 3) mm to (u, v, z): image pixels and depth in mm."""
     z = points[..., 2]
     return _stack([intrinsics.fx * points[..., 0] / z + intrinsics.cx,
                    intrinsics.fy * points[..., 1] / z + intrinsics.cy, z])
 
 
-def unproject(uvz: Array, intrinsics: Intrinsics = NYU_INTRINSICS) -> Array:
+def unproject(uvz: Array, intrinsics: Intrinsics) -> Array:
     """(u, v, z) image pixels and depth (..., 3) back to camera-frame points in mm."""
     z = uvz[..., 2]
     return _stack([(uvz[..., 0] - intrinsics.cx) * z / intrinsics.fx,
@@ -80,13 +95,13 @@ def unproject(uvz: Array, intrinsics: Intrinsics = NYU_INTRINSICS) -> Array:
 
 def crop_to_pixels(points: Array, size: int = DEFAULT_CROP_SIZE, cube_mm: float = DEFAULT_CUBE_MM) -> Array:
     """Crop-frame points (..., 3) mm to crop pixels (u, v) and crop depth (mm), orthographic."""
-    scale = size / cube_mm
+    scale = 1.0 / mm_per_pixel(size, cube_mm)
     return _stack([points[..., 0] * scale + size / 2, points[..., 1] * scale + size / 2, points[..., 2]])
 
 
 def pixels_to_crop(uvz: Array, size: int = DEFAULT_CROP_SIZE, cube_mm: float = DEFAULT_CUBE_MM) -> Array:
     """Inverse of :func:`crop_to_pixels`."""
-    scale = cube_mm / size
+    scale = mm_per_pixel(size, cube_mm)
     return _stack([(uvz[..., 0] - size / 2) * scale, (uvz[..., 1] - size / 2) * scale, uvz[..., 2]])
 
 
