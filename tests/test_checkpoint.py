@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -48,7 +49,7 @@ def step(states) -> None:
     scheduler.step()
 
 
-def test_interval_keep_last_and_atomic_files(tmp_path):
+def test_interval_and_keep_last(tmp_path):
     states = make_state()
     checkpointer = make_checkpointer(tmp_path, states, every=2, keep=2)
     for s in range(1, 8):
@@ -56,6 +57,31 @@ def test_interval_keep_last_and_atomic_files(tmp_path):
         checkpointer.save(s, last=s == 7)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [6, 7]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000006.pt", "step-000000007.pt"]
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    states = make_state()
+    checkpointer = make_checkpointer(tmp_path, states, every=2, keep=1)
+    step(states)
+    checkpointer.save(2)
+    real_save = torch.save
+
+    def save_half_then_fail(obj, f, *args, **kwargs):  # a full disk or a kill halfway through the write
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        handle = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+        handle.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+        handle.flush()
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    step(states)
+    with pytest.raises(OSError, match="No space"):
+        checkpointer.save(4)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000002.pt"]  # no partial file, no temporary
+    assert read_checkpoint(tmp_path / "step-000000002.pt")["step"] == 2
+    assert make_checkpointer(tmp_path, make_state()).load() == 2
 
 
 def test_resume_restores_everything_and_loads_weights_only(tmp_path):

@@ -30,6 +30,41 @@ def test_every_shipped_config_loads():
     assert all(term.enabled for term in selfsup.loss.terms().values()), "selfsup.yaml turns every term on"
 
 
+def test_every_shipped_config_validates_with_its_data(tmp_path):
+    """validate() on each shipped config as its header says to launch it: data, prior file and all."""
+    real, synthetic, prior = tmp_path / "nyu", tmp_path / "synth", tmp_path / "prior.pt"
+    synthetic.mkdir()
+    prior.write_bytes(b"")
+    for path in CONFIGS:
+        cfg = load_config(path)
+        if cfg.data.real_batch > 0 and path.name != "synthetic.yaml":
+            if not real.exists():
+                write_nyu_split(real / "train", size=cfg.data.size, cube=cfg.data.cube)
+                write_nyu_split(real / "test", size=cfg.data.size, cube=cfg.data.cube)
+            data = [f"data.real={real}"]
+        else:
+            data = []
+        cfg = load_config(path, [*data, f"data.synthetic={synthetic}", f"loss.prior_path={prior}"])
+        assert validate(cfg) is cfg, path.name
+        assert cfg.data.has_synthetic and cfg.data.has_real == bool(data), path.name
+
+
+@pytest.mark.parametrize("key, allowed", [
+    ("optim.amp", "'none', 'bf16', 'fp16'"), ("run.device", "'auto', 'cpu', 'cuda'"),
+    ("synthesis.backend", "'auto', 'cuda', 'cpu', 'torch'"),
+])
+def test_choice_typo_fails_at_load_naming_key_and_choices(key, allowed, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{key}=typo"])
+    assert repr(key) in str(info.value) and allowed in str(info.value) and "'typo'" in str(info.value)
+    section, name = key.split(".")
+    path = tmp_path / "choice.yaml"
+    path.write_text(yaml.safe_dump({section: {name: "Typo"}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert repr(key) in str(info.value) and allowed in str(info.value) and "choice.yaml" in str(info.value)
+
+
 def test_yaml_and_overrides_apply_with_types(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("run: {steps: 7}\noptim: {lr: 1}\nloss: {projection: {weight: 3}}\n")
@@ -95,8 +130,11 @@ def test_validate_checks_data_and_choices(tmp_path):
         validate(load_config(None))
     with pytest.raises(ConfigError, match="'data.synthetic'"):
         validate(load_config(None, [f"data.synthetic={tmp_path / 'missing'}"]))
-    with pytest.raises(ConfigError, match="'optim.amp'"):
-        validate(load_config(None, [f"data.synthetic={tmp_path}", "optim.amp=fp8"]))
+    with pytest.raises(ConfigError, match="'optim.amp'"):  # a choice typo fails before validate
+        load_config(None, [f"data.synthetic={tmp_path}", "optim.amp=fp8"])
+    with pytest.raises(ConfigError, match="'run.steps' must be >= 1"):
+        validate(load_config(None, [f"data.synthetic={tmp_path}", "run.steps=0"]))
+    assert validate(load_config(None, [f"data.synthetic={tmp_path}"])).data.has_synthetic
 
 
 def test_cli_exits_nonzero_naming_misspelled_key():

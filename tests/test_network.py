@@ -90,10 +90,17 @@ def test_gradients_reach_every_parameter() -> None:
 
 
 def test_input_is_scaled_inside() -> None:
-    # Depth in mm of realistic magnitude must not blow the activations up (scaled by 1/100 inside).
+    # The stem must see depth / depth_scale_mm (the reference feeds depth / 100). The outputs cannot tell:
+    # GroupNorm after the stem cancels an input scale, so the test reads what the stem receives.
     net = build_network(TINY).eval()
+    seen = []
+    net.stem.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    depth = torch.full((1, 1, 64, 64), 150.0)
+    depth[..., 20:40, 20:40] = -35.0
     with torch.no_grad():
-        out = net(torch.full((1, 1, 64, 64), 150.0))
+        out = net(depth)
+    assert TINY.depth_scale_mm == 100.0 and len(seen) == 1
+    torch.testing.assert_close(seen[0], depth / 100.0)
     assert torch.isfinite(out.joints).all() and out.logits[0].abs().max() < 100
 
 
