@@ -6,8 +6,8 @@ Runs ``torchrun --standalone --nproc_per_node=N -m train --config configs/ci.yam
 fake-NYU shards (built once under --data with the shards CLI) for each N, and reads the rank-0
 ``metrics.jsonl``: samples/s (all ranks), per-rank samples/s, the fraction of step time spent waiting
 for the loaders, and the fraction spent rendering synthetic depth. The first log window (loader
-start-up) is left out. Writes a table to /work/notes/bench-train.md (``--notes``) and, with ``--json``,
-one JSON object on the last line.
+start-up) is left out. Writes the table to runs/bench/train.md in the repository (``--notes``; runs/ is
+git-ignored) and, with ``--json``, one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--data", type=Path, default=Path("/tmp/bench-train-data"))
     parser.add_argument("--synthetic-only", action="store_true", help="no real batches")
-    parser.add_argument("--notes", type=Path, default=Path("/work/notes/bench-train.md"))
+    parser.add_argument("--notes", type=Path, default=ROOT / "runs" / "bench" / "train.md",
+                        help="markdown table output (default: runs/bench/train.md in the repository)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
     real, synthetic = build_data(args.data)

@@ -1,7 +1,8 @@
-"""The hand model: 26-DOF kinematic skeleton, 41 spheres, skinned mesh, pose prior and viewer.
+"""The hand model: 26-DOF kinematic skeleton, 41 spheres, skinned mesh, pose sampler, renders and viewer.
 
-``HandModel`` gives keypoints and the mesh; ``sample_poses``/``sample_shapes`` the synthetic prior;
-``python -m hand.viewer`` the interactive viewer. Frames and sphere layout: :mod:`hand.anatomy`.
+``HandModel`` gives keypoints and the mesh; ``sample_poses``/``sample_shapes`` are the joint-angle pose
+sampler and the shape sampler (not the pose prior (VAE) of ``train.prior``); :mod:`hand.render` renders
+mesh and sphere depth in the crop frame; ``python -m hand.viewer`` is the interactive viewer. Frames and sphere layout: :mod:`hand.anatomy`.
 """
 
 from hand.anatomy import (FINGERS, NUM_PARAMS, NUM_SPHERES, NYU_EVAL_JOINTS, NYU_JOINT_NAMES, PALM_CENTER,

@@ -1,4 +1,6 @@
-"""Joint-angle pose prior (the prototype's synthetic pose distribution) and hand-shape sampling.
+"""Joint-angle pose sampler (the prototype's synthetic pose distribution) and hand-shape sampling.
+
+Not to be confused with the pose prior (VAE) of ``train.prior``, which is trained from these samples.
 
 Per hand, one of eleven finger patterns is drawn uniformly: all straight, all open, all half-open,
 all pinching, all closed; index open with the rest closed; little open with the rest closed; index
@@ -100,7 +102,7 @@ def _global(generator: torch.Generator | None) -> torch.Tensor:
 
 
 def sample_poses(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(n, 26) float32 poses from the joint-angle prior, within the joint limits.
+    """(n, 26) float32 poses from the joint-angle pose sampler, within the joint limits.
 
     Reproducible for a seeded CPU ``generator``; ``None`` uses torch's global RNG.
     """

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save", type=Path, metavar="OUT.png",
                         help="render the figure headless (Agg) to this image and exit instead of opening a window")
     parser.add_argument("--pose", default="zero", metavar="zero|random|FILE.json",
-                        help="initial pose: the zero pose, a sample of the pose prior, or a JSON file (default zero)")
+                        help="initial pose: the zero pose, a sample of the pose sampler, or a JSON file (default zero)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --pose random (default 0)")
     parser.add_argument("--size", type=int, default=128, help="crop size in pixels, 64..128 (default 128)")
     return parser

@@ -1,4 +1,9 @@
-"""Command line of the data room.
+"""Build and check the training data: NYU crops and synthetic pose shards (webdataset tars).
+
+Commands: fake-nyu writes a small NYU-format data set rendered from the hand model (no download); nyu
+crops NYU (or fake-nyu) frames into 3-view shards; synthetic samples poses from the joint-angle pose
+sampler into shards that training renders on the fly; inspect verifies shards against their manifests
+and draws samples.
 
   python -m shards fake-nyu --out data/fake-nyu --train 48 --test 16
   python -m shards nyu --nyu-root data/fake-nyu --out data/nyu-shards --workers 2

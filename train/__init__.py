@@ -1,1 +1,1 @@
-"""Training: network, losses, pose prior, synthesis, the distributed loop, checkpoints and evaluation."""
+"""Training: network, losses, pose prior (VAE), synthesis, the distributed loop, checkpoints and evaluation."""
