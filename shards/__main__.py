@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM
 from shards.format import ShardsError
 
 
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     nyu.add_argument("--nyu-root", type=Path, required=True, help="directory holding train/ and test/")
     nyu.add_argument("--out", type=Path, required=True, help="output directory")
     nyu.add_argument("--splits", default="train,test", help="comma-separated splits (default train,test)")
-    nyu.add_argument("--size", type=int, default=64, help="crop side, pixels (default 64)")
-    nyu.add_argument("--cube", type=float, default=300.0, help="crop cube side, mm (default 300)")
+    nyu.add_argument("--size", type=int, default=DEFAULT_CROP_SIZE,
+                     help=f"crop side, pixels (default {DEFAULT_CROP_SIZE})")
+    nyu.add_argument("--cube", type=float, default=DEFAULT_CUBE_MM, help=f"crop cube side, mm (default {DEFAULT_CUBE_MM:g})")
     nyu.add_argument("--center", default="gt", choices=("gt", "com"),
                      help="crop centre: gt = labelled palm joint 32; com = from depth alone (default gt)")
     nyu.add_argument("--cameras", default="per-frame", choices=("per-frame", "fixed"),

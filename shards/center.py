@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geometry import Intrinsics
+from geometry import DEFAULT_CUBE_MM, Intrinsics
 from shards.nyu import NYU_INTRINSICS, backproject
 
 NEAREST_RANK = 40  # ignore this many nearest points: flying pixels and noise
@@ -37,7 +37,7 @@ def foreground(points: np.ndarray) -> np.ndarray:
     return points[points[:, 2] <= cut]
 
 
-def find_center(depth: np.ndarray, cube: float = 300.0, intrinsics: Intrinsics = NYU_INTRINSICS,
+def find_center(depth: np.ndarray, cube: float = DEFAULT_CUBE_MM, intrinsics: Intrinsics = NYU_INTRINSICS,
                 stride: int = 2) -> np.ndarray | None:
     """(480, 640) depth mm (0 = missing) -> crop centre (3,) camera frame mm, or None if nothing is seen.
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM
 from shards.cameras import crop_cams, fixed_transforms, per_frame_transforms
 from shards.center import find_center
 from shards.format import NYU_KEYS, BadInputError, ShardsError, encode_sample
@@ -25,8 +26,8 @@ class NyuBuildConfig:
     nyu_root: Path
     out: Path
     splits: tuple[str, ...] = ("train", "test")
-    size: int = 64  # crop side in pixels
-    cube: float = 300.0  # crop cube side in mm
+    size: int = DEFAULT_CROP_SIZE  # crop side in pixels
+    cube: float = DEFAULT_CUBE_MM  # crop cube side in mm
     center: str = "gt"  # "gt": labelled palm joint 32; "com": from depth alone
     cameras: str = "per-frame"  # "per-frame": Kabsch per frame; "fixed": one robust fit per split
     samples_per_shard: int = 1000

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM
+
 log = logging.getLogger(__name__)
 
 NO_TRAINING_DATA = "no training data: set 'data.synthetic' and/or 'data.real' (with a batch size > 0)"
@@ -30,8 +32,8 @@ class DataConfig:
     synthetic_batch: int = 16  # synthetic samples per rank and step
     batches_per_epoch: int = 500  # batches per loader epoch and rank; resume reopens the epoch and skips
     num_workers: int = 2  # loader worker processes per rank and source
-    size: int = 64  # crop size S in pixels (must match the shards)
-    cube: float = 300.0  # crop cube edge in mm (must match the shards)
+    size: int = DEFAULT_CROP_SIZE  # crop size S in pixels (must match the shards)
+    cube: float = DEFAULT_CUBE_MM  # crop cube edge in mm (must match the shards)
 
     @property
     def has_real(self) -> bool:
