@@ -62,6 +62,16 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         load_prior(other)
 
 
+def test_load_refuses_unknown_or_mistyped_config_keys(vae_file: Path, tmp_path: Path) -> None:
+    payload = torch.load(vae_file, weights_only=True)
+    for key, value, expected in (("colour", 3, r"unknown config key 'colour' in pose prior file .*odd.pt"),
+                                 ("latent", "32", r"config key 'latent' in pose prior file .*odd.pt: expected int")):
+        odd = tmp_path / "odd.pt"
+        torch.save({**payload, "config": {**payload["config"], key: value}}, odd)
+        with pytest.raises(ValueError, match=expected):
+            load_prior(odd)
+
+
 def test_cli_writes_a_loadable_prior(tmp_path: Path) -> None:
     out = tmp_path / "cli" / "prior.pt"
     main(["--out", str(out), "--steps", "5", "--batch-size", "16", "--pool-size", "32", "--device", "cpu"])

@@ -33,7 +33,7 @@ from train.run import RunConfig
 from train.schema import ConfigError, from_dicts, parse_override, to_plain
 from train.synthesis import SynthesisConfig
 
-__all__ = ["ConfigError", "TrainConfig", "active_losses", "dump_config", "load_config", "to_plain", "validate"]
+__all__ = ["ConfigError", "TrainConfig", "active_losses", "dump_config", "load_config", "validate"]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hand import HandModel
 from train.checkpoint import Checkpointer, check_model_config, load_model_weights, read_checkpoint
-from train.config import TrainConfig, active_losses, to_plain
+from train.config import TrainConfig, active_losses
 from train.data import build_streams
 from train.distributed import DistEnv, PreemptionFlag, all_gather_floats, is_distributed
 from train.losses import Losses, build_losses
@@ -28,6 +28,7 @@ from train.metrics import build_metrics_sink
 from train.monitor import ImageMaker, build_evaluator, step_images
 from train.network import NetworkOutput, build_network
 from train.optim import autocast, build_optimizer
+from train.schema import to_plain
 from train.synthesis import Synthesizer, held_out_batch
 
 log = logging.getLogger(__name__)
