@@ -3,12 +3,13 @@
 Commands: fake-nyu writes a small NYU-format data set rendered from the hand model (no download); nyu
 crops NYU (or fake-nyu) frames into 3-view shards; synthetic samples poses from the joint-angle pose
 sampler into shards that training renders on the fly; inspect verifies shards against their manifests
-and draws samples.
+and draws samples; labels writes a split's ground truth as an NYU results file (the field's format).
 
   python -m shards fake-nyu --out data/fake-nyu --train 48 --test 16
   python -m shards nyu --nyu-root data/fake-nyu --out data/nyu-shards --workers 2
   python -m shards synthetic --out data/synth --num-samples 10000
   python -m shards inspect data/nyu-shards --show 4 --out grid.png
+  python -m shards labels data/nyu-shards/test --out labels.txt
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("directory", type=Path, help="a shard directory or a directory of splits")
     check.add_argument("--show", type=int, default=0, metavar="N", help="draw N samples into --out")
     check.add_argument("--out", type=Path, default=Path("shards-grid.png"), help="image for --show")
+
+    labels = commands.add_parser("labels", help="write a split's ground truth in the field's results format",
+                                 description="One line per frame of the NYU shard split, in frame order: the 14 "
+                                 "evaluation joints of view 1 as 'u v d' (image pixels, depth mm); a frame the "
+                                 "shard build skipped gets a line of nan. Score results files against it with "
+                                 "python -m train.evaluate --results, or with the field's own tools.")
+    labels.add_argument("directory", type=Path, help="an NYU shard split dir, e.g. data/nyu-shards/test")
+    labels.add_argument("--out", type=Path, required=True, help="labels file to write")
     return parser
 
 
@@ -109,6 +118,14 @@ def run(args: argparse.Namespace) -> int:
         if args.show:
             print(f"drew {args.show} samples into {draw_samples(args.directory, args.show, args.out)}")
         return 1 if any(r.faults for r in reports) else 0
+    elif args.command == "labels":
+        from shards.nyu_results import missing_note, split_labels, write_results
+
+        lines = split_labels(args.directory)
+        write_results(args.out, lines.values)
+        print(f"wrote {args.out}: {len(lines.values)} frames")
+        if not lines.complete:
+            print(f"warning: {missing_note(lines.missing, len(lines.values))}", file=sys.stderr)
     return 0
 
 

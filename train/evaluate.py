@@ -12,6 +12,17 @@ subject 2 (a smaller hand).
 writes ``DIR/metrics.json`` ({"mean_error_mm", "per_joint_mm", "per_subject", "frames", ...}),
 ``DIR/success_curve.csv`` (columns ``threshold_mm,fraction_below``: the fraction of frames whose maximum
 joint error is < threshold_mm) and ``DIR/success_curve.png``.
+
+The field's own format (``shards.nyu_results``: one line per NYU test frame, the 14 joints as view-1
+``u v d``), to put our model beside published methods and to check our numbers with the field's tools:
+
+    python -m train.evaluate --checkpoint runs/x --data shards/nyu/test --export-results ours.txt
+    python -m train.evaluate --results ours.txt v2v.txt --labels shards/nyu/test --out compare [--names a b]
+
+The second form scores results files against labels in the same format (or an NYU shard split dir) the
+community's way (uvd -> xyz with fy = -587.07) and writes ``DIR/metrics.json`` ({name: {"mean_error_mm",
+"frames", "per_joint_mm", "success_curve", ...}}), ``DIR/success_curve.png`` (every method on one plot)
+and ``DIR/per_joint_error.png``.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geometry import Intrinsics
 from train.checkpoint import CheckpointError, list_checkpoints, load_model_weights, read_checkpoint
 from train.network import HourglassNet, NetworkConfig, build_network
 from train.schema import ConfigError, from_dict
@@ -149,30 +162,50 @@ def _unique(names: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [f"{i}_{name}" for i, name in enumerate(names)]
 
 
-@torch.no_grad()
-def collect_errors(net: nn.Module, loader: Iterable[dict], *, device: str | torch.device | None = None,
-                   max_batches: int | None = None) -> FrameErrors:
-    """Run the network on view 1 of every batch and return per-frame errors on NYU_EVAL_JOINTS."""
-    from hand import NYU_EVAL_JOINTS
+@dataclass
+class FramePredictions:
+    """The network's view-1 predictions over a data set, with the truth and each sample's meta."""
 
+    predicted: np.ndarray  # (N, 41, 3) mm, view-1 crop frame
+    truth: np.ndarray  # (N, 36, 3) mm, view-1 crop frame
+    metas: list[dict]  # (N,) each sample's meta.json ({} where the batch had none)
+
+    def errors(self) -> FrameErrors:
+        """Per-frame errors on ``hand.NYU_EVAL_JOINTS``."""
+        from hand import NYU_EVAL_JOINTS
+
+        return FrameErrors(joint_errors(self.predicted, self.truth, list(NYU_EVAL_JOINTS)),
+                           np.asarray([int(m.get("frame", -1)) for m in self.metas], dtype=np.int64),
+                           [str(m.get("split", "")) for m in self.metas])
+
+
+@torch.no_grad()
+def collect_predictions(net: nn.Module, loader: Iterable[dict], *, device: str | torch.device | None = None,
+                        max_batches: int | None = None) -> FramePredictions:
+    """Run the network on view 1 of every batch; the network's train/eval mode is restored."""
     device = torch.device(device) if device is not None else next(net.parameters()).device
     was_training = net.training
     net.eval()
-    errors, frames, splits = [], [], []
+    predicted, truth, metas = [], [], []
     try:
         for index, batch in enumerate(loader):
             if max_batches is not None and index >= max_batches:
                 break
             depth = batch["depth"][:, 0:1].to(device, torch.float32, non_blocking=True)
-            predicted = net(depth).joints.float().cpu().numpy()
-            errors.append(joint_errors(predicted, batch["joints"][:, 0].float().numpy(), list(NYU_EVAL_JOINTS)))
-            metas = batch.get("meta") or [{}] * len(depth)
-            frames += [int(m.get("frame", -1)) for m in metas]
-            splits += [str(m.get("split", "")) for m in metas]
+            predicted.append(net(depth).joints.float().cpu().numpy())
+            truth.append(batch["joints"][:, 0].float().numpy())
+            metas += batch.get("meta") or [{}] * len(depth)
     finally:
         net.train(was_training)
-    stacked = np.concatenate(errors) if errors else np.zeros((0, len(NYU_EVAL_JOINTS)))
-    return FrameErrors(stacked, np.asarray(frames, dtype=np.int64), splits)
+    if not predicted:
+        return FramePredictions(np.zeros((0, 41, 3)), np.zeros((0, 36, 3)), [])
+    return FramePredictions(np.concatenate(predicted), np.concatenate(truth), metas)
+
+
+def collect_errors(net: nn.Module, loader: Iterable[dict], *, device: str | torch.device | None = None,
+                   max_batches: int | None = None) -> FrameErrors:
+    """Run the network on view 1 of every batch and return per-frame errors on NYU_EVAL_JOINTS."""
+    return collect_predictions(net, loader, device=device, max_batches=max_batches).errors()
 
 
 def evaluate(net: nn.Module, loader: Iterable[dict], *, device: str | torch.device | None = None,
@@ -193,11 +226,6 @@ def metric_scalars(metrics: dict) -> dict[str, float]:
 
 def write_report(metrics: dict, errors: np.ndarray, out_dir: str | Path) -> list[Path]:
     """metrics.json, success_curve.csv and success_curve.png under ``out_dir``; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     curve = success_curve(errors)
@@ -206,29 +234,205 @@ def write_report(metrics: dict, errors: np.ndarray, out_dir: str | Path) -> list
         writer = csv.writer(handle)
         writer.writerow(CURVE_COLUMNS)
         writer.writerows([f"{t:g}", f"{f:.6f}"] for t, f in zip(CURVE_THRESHOLDS_MM, curve))
-    figure, axes = plt.subplots(figsize=(5, 4))
-    axes.plot(CURVE_THRESHOLDS_MM, curve * 100)
-    axes.set(xlabel=CURVE_X_LABEL, ylabel=CURVE_Y_LABEL,
-             xlim=(0, 80), ylim=(0, 100), title=f"mean error {metrics['mean_error_mm']:.2f} mm")
-    axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(out / "success_curve.png", dpi=100)
-    plt.close(figure)
+    plot_success_curves({"": errors}, out / "success_curve.png", title=f"mean error {metrics['mean_error_mm']:.2f} mm")
     return [out / "metrics.json", out / "success_curve.csv", out / "success_curve.png"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def plot_success_curves(errors: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
+    """Max-error success curves of several methods (name -> (N, K) errors) on one plot, as papers show them.
+
+    A method named "" gets no legend entry; the others are labelled with their mean error.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5.5, 4.2))
+    for name, value in errors.items():
+        label = f"{name} ({value.mean():.2f} mm)" if name else None
+        axes.plot(CURVE_THRESHOLDS_MM, success_curve(value) * 100, label=label)
+    axes.set(xlabel=CURVE_X_LABEL, ylabel=CURVE_Y_LABEL, xlim=(0, 80), ylim=(0, 100), title=title)
+    axes.grid(True, alpha=0.3)
+    if any(errors):
+        axes.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_per_joint(per_joint: dict[str, dict[str, float]], path: str | Path) -> Path:
+    """Grouped bars: each method's (name -> {joint: mm}) mean error per joint, and the mean over joints."""
+    plt = _pyplot()
+    names = list(per_joint)
+    joints = list(next(iter(per_joint.values()))) + ["mean"]
+    width = 0.8 / max(len(names), 1)
+    figure, axes = plt.subplots(figsize=(max(7.0, 0.5 * len(joints) * max(len(names), 1) ** 0.5), 4.2))
+    for index, name in enumerate(names):
+        values = list(per_joint[name].values())
+        axes.bar(np.arange(len(joints)) + (index - (len(names) - 1) / 2) * width, values + [float(np.mean(values))],
+                 width, label=name)
+    axes.set_xticks(np.arange(len(joints)), joints, rotation=60, ha="right", fontsize="small")
+    axes.set(ylabel="mean error (mm)", title="mean error per joint")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def export_results(predictions: FramePredictions, split_dir: str | Path, path: str | Path):
+    """Write view-1 predictions as an NYU results file: crop frame + the sample's view-1 crop centre
+    (``meta.json`` ``centers``) -> camera frame -> ``u v d`` with the sample's intrinsics; one line per
+    frame of the split in frame order, ``nan`` lines for frames the shard build skipped.
+
+    Returns the ``shards.nyu_results.SplitLines`` written (``missing`` lists the skipped frames).
+    """
+    from hand import NYU_EVAL_JOINTS
+    from shards.format import ShardsError
+    from shards.nyu import NYU_INTRINSICS
+    from shards.nyu_results import camera_to_uvd, frame_lines, view1_centers, write_results
+
+    camera = predictions.predicted[:, NYU_EVAL_JOINTS] + view1_centers(predictions.metas, split_dir)[:, None]
+    try:
+        intrinsics = [Intrinsics(**m["intrinsics"]) if "intrinsics" in m else NYU_INTRINSICS
+                      for m in predictions.metas]
+    except TypeError as error:
+        raise ShardsError(f"{split_dir}: meta.json 'intrinsics' unreadable ({error})") from None
+    uvd = np.stack([camera_to_uvd(points, k) for points, k in zip(camera, intrinsics)]) if len(camera) else camera
+    frames = np.asarray([int(m.get("frame", -1)) for m in predictions.metas], dtype=np.int64)
+    lines = frame_lines(split_dir, frames, uvd)
+    write_results(path, lines.values)
+    return lines
+
+
+def read_labels(labels: str | Path) -> tuple[np.ndarray, str]:
+    """(M, 14, 3) uvd labels, ``nan`` rows for frames without a label, from a labels file in the results
+    format or an NYU shard split dir; and a note when rows are missing (else "")."""
+    from shards.nyu_results import missing_note, read_results, split_labels
+
+    if Path(labels).is_dir():
+        lines = split_labels(labels)
+        return lines.values, "" if lines.complete else missing_note(lines.missing, len(lines.values))
+    values = read_results(labels)
+    missing = [i + 1 for i in np.flatnonzero(np.isnan(values).all(axis=(1, 2)))]
+    return values, missing_note(missing, len(values)) if missing else ""
+
+
+def score_results(path: str | Path, labels: np.ndarray, labels_name: str | Path) -> FrameErrors:
+    """Per-frame errors of a results file against (M, 14, 3) uvd labels, the community's way: both
+    converted to xyz with fy = -587.07 (``shards.nyu_results.uvd_to_xyz``). Lines whose labels are ``nan``
+    are left out; the line count must match and a ``nan`` prediction needs a ``nan`` label."""
+    from shards.format import BadInputError
+    from shards.nyu_results import read_results, uvd_to_xyz
+
+    results = read_results(path)
+    if len(results) != len(labels):
+        first = min(len(results), len(labels)) + 1
+        raise BadInputError(path, f"{len(results)} lines, but the labels {labels_name} have {len(labels)} "
+                                  f"(one line per NYU test frame; line {first} has no counterpart)")
+    labelled = ~np.isnan(labels).any(axis=(1, 2))
+    unpredicted = np.flatnonzero(np.isnan(results).any(axis=(1, 2)) & labelled)
+    if len(unpredicted):
+        raise BadInputError(path, f"line {unpredicted[0] + 1}: nan, but that frame has a label in {labels_name} "
+                                  f"({len(unpredicted)} such lines)")
+    errors = np.linalg.norm(uvd_to_xyz(results[labelled]) - uvd_to_xyz(labels[labelled]), axis=-1)
+    return FrameErrors(errors, np.flatnonzero(labelled) + 1, ["test"] * int(labelled.sum()))
+
+
+def write_comparison(scored: dict[str, FrameErrors], files: dict[str, str], labels: str | Path,
+                     out_dir: str | Path) -> tuple[dict, list[Path]]:
+    """``metrics.json`` ({name: metrics + success curve}), ``success_curve.png`` (every method) and
+    ``per_joint_error.png`` under ``out_dir``; returns the metrics and the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    for name, collected in scored.items():
+        metrics[name] = {"file": str(files[name]), "labels": str(labels), **compute_metrics(collected),
+                         "success_curve": {CURVE_COLUMNS[0]: CURVE_THRESHOLDS_MM.tolist(),
+                                           CURVE_COLUMNS[1]: success_curve(collected.errors).tolist()}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    curves = plot_success_curves({name: c.errors for name, c in scored.items()}, out / "success_curve.png",
+                                 title="NYU, 14 joints")
+    bars = plot_per_joint({name: m["per_joint_mm"] for name, m in metrics.items()}, out / "per_joint_error.png")
+    return metrics, [out / "metrics.json", curves, bars]
+
+
+def method_names(files: list[str], names: list[str] | None) -> list[str]:
+    """``names`` as given, else each file's name without extension; must be as many and distinct."""
+    chosen = names if names is not None else [Path(f).stem for f in files]
+    if len(chosen) != len(files):
+        raise ValueError(f"--names gives {len(chosen)} names for {len(files)} results files")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"method names repeat ({', '.join(chosen)}); give distinct ones with --names")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="training checkpoint (.pt), or a run dir: its newest checkpoint")
-    parser.add_argument("--data", required=True, help="NYU split shard dir, e.g. shards/nyu/test")
-    parser.add_argument("--out", default=None, help="output dir (default: <checkpoint dir>/eval-<name>)")
+    parser.add_argument("--checkpoint", help="training checkpoint (.pt), or a run dir: its newest checkpoint")
+    parser.add_argument("--data", help="NYU split shard dir, e.g. shards/nyu/test")
+    parser.add_argument("--out", default=None, help="output dir (default: <checkpoint dir>/eval-<name>; "
+                        "required with --results)")
+    parser.add_argument("--export-results", metavar="FILE", default=None,
+                        help="also write the predictions as an NYU results file (one line per test frame, "
+                        "14 joints as view-1 'u v d')")
+    parser.add_argument("--results", nargs="+", metavar="FILE", default=None,
+                        help="score NYU results files instead of a checkpoint (needs --labels and --out)")
+    parser.add_argument("--labels", default=None,
+                        help="with --results: labels file in the same format, or an NYU test shard dir")
+    parser.add_argument("--names", nargs="+", default=None, help="with --results: one name per results file "
+                        "(default: each file's name without extension)")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data loader workers")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = parser.parse_args(argv)
+    if args.results is not None:
+        if not args.labels or not args.out or args.checkpoint or args.data or args.export_results:
+            parser.error("--results needs --labels and --out, and takes no --checkpoint/--data/--export-results")
+        compare_results(args, parser)
+    elif not args.checkpoint or not args.data or args.labels or args.names:
+        parser.error("give --checkpoint and --data (evaluate a network), or --results with --labels and --out")
+    else:
+        evaluate_checkpoint(args, parser)
 
+
+def compare_results(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--results``: score results files against labels and write the side-by-side report."""
     from shards.format import ShardsError
+
+    try:
+        names = method_names(args.results, args.names)
+        labels, note = read_labels(args.labels)
+        scored = {name: score_results(path, labels, args.labels) for name, path in zip(names, args.results)}
+        if not all(len(collected.errors) for collected in scored.values()):
+            raise ValueError(f"{args.labels} holds no labelled frame")
+    except (OSError, ValueError, ShardsError) as error:
+        parser.exit(2, f"error: {error}\n")
+    if note:
+        print(f"warning: labels {args.labels}: {note}; scored on the {len(next(iter(scored.values())).errors)} "
+              f"labelled frames", file=sys.stderr)
+    try:
+        metrics, written = write_comparison(scored, dict(zip(names, args.results)), args.labels, args.out)
+    except OSError as error:
+        parser.exit(2, f"error: cannot write the report to {args.out}: {error}\n")
+    for path in written:
+        print(f"wrote {path}")
+    for name, entry in metrics.items():
+        print(f"{name}: mean error {entry['mean_error_mm']:.2f} mm over {entry['frames']} frames")
+
+
+def evaluate_checkpoint(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint``: evaluate a network on a shard split, optionally exporting an NYU results file."""
+    from shards.format import ShardsError
+    from shards.nyu_results import missing_note
     from shards.reader import make_loader
 
     try:  # the user's inputs: a checkpoint (file or run dir) and a shard dir
@@ -239,9 +443,10 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError, ShardsError) as error:
         parser.exit(2, f"error: {error}\n")
     try:
-        collected = collect_errors(net, loader, device=args.device)
+        predictions = collect_predictions(net, loader, device=args.device)
     except ShardsError as error:  # a damaged shard found while reading
         parser.exit(2, f"error: {error}\n")
+    collected = predictions.errors()
     if len(collected.errors) == 0:
         parser.exit(2, f"error: {args.data} holds no frames to evaluate\n")
     metrics = compute_metrics(collected)
@@ -250,10 +455,17 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else checkpoint.parent / f"eval-{checkpoint.stem}"
     try:
         written = write_report(metrics, collected.errors, out)
+        if args.export_results:
+            lines = export_results(predictions, args.data, args.export_results)
+            written.append(Path(args.export_results))
+    except ShardsError as error:
+        parser.exit(2, f"error: cannot export results: {error}\n")
     except OSError as error:
         parser.exit(2, f"error: cannot write the report to {out}: {error}\n")
     for path in written:
         print(f"wrote {path}")
+    if args.export_results and not lines.complete:
+        print(f"warning: {args.export_results}: {missing_note(lines.missing, len(lines.values))}", file=sys.stderr)
     print(f"mean error {metrics['mean_error_mm']:.2f} mm over {metrics['frames']} frames")
 
 
