@@ -69,7 +69,7 @@ def read_results(path: str | Path) -> np.ndarray:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        raise BadInputError(path, f"cannot be read ({error})") from None
+        raise BadInputError(path, f"cannot be read as a text results file ({error})") from None
     lines = text.splitlines()
     while lines and not lines[-1].strip():  # trailing blank lines end the file; blank lines inside do not
         lines.pop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,19 @@ def test_bad_labels_and_arguments_exit_2_without_traceback(tmp_path: Path) -> No
         with pytest.raises(SystemExit) as exited:
             main(list(map(str, argv)))
         assert exited.value.code == 2
+
+
+PUBLISHED = {"ICCVW17_NYU_DeepPrior++.txt": 12.24, "CVPR18_NYU_V2V_PoseNet.txt": 8.42}
+
+
+@pytest.mark.skipif(not os.environ.get("NYU_PUBLISHED_RESULTS"),
+                    reason="NYU_PUBLISHED_RESULTS names no checkout of awesome-hand-pose-estimation/evaluation")
+def test_published_files_score_to_the_community_figures(tmp_path: Path) -> None:
+    """With the field's evaluation collection at hand: its files score to the figures papers quote."""
+    root = Path(os.environ["NYU_PUBLISHED_RESULTS"])
+    main(["--results", *(str(root / "results" / "nyu" / name) for name in PUBLISHED),
+          "--labels", str(root / "groundtruth" / "nyu" / "nyu_test_groundtruth_label.txt"), "--out", str(tmp_path)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for name, figure in PUBLISHED.items():
+        assert metrics[Path(name).stem]["frames"] == 8252
+        assert metrics[Path(name).stem]["mean_error_mm"] == pytest.approx(figure, abs=0.005)
