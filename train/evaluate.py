@@ -34,6 +34,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ from geometry import Intrinsics
 from train.checkpoint import CheckpointError, list_checkpoints, load_model_weights, read_checkpoint
 from train.network import HourglassNet, NetworkConfig, build_network
 from train.schema import ConfigError, from_dict
+
+if TYPE_CHECKING:
+    from shards.nyu_results import SplitLines
 
 # Copies of hand.NYU_EVAL_JOINTS / NYU test facts would drift; they are read from `hand` at use.
 SUBJECT_2_FIRST_FRAME = 2441  # NYU test: frames 1..2440 show subject 1, the rest subject 2
@@ -288,7 +292,7 @@ def plot_per_joint(per_joint: dict[str, dict[str, float]], path: str | Path) -> 
     return Path(path)
 
 
-def export_results(predictions: FramePredictions, split_dir: str | Path, path: str | Path):
+def export_results(predictions: FramePredictions, split_dir: str | Path, path: str | Path) -> SplitLines:
     """Write view-1 predictions as an NYU results file: crop frame + the sample's view-1 crop centre
     (``meta.json`` ``centers``) -> camera frame -> ``u v d`` with the sample's intrinsics; one line per
     frame of the split in frame order, ``nan`` lines for frames the shard build skipped.
