@@ -265,15 +265,15 @@ def read_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
         for member in tar:
             if not member.isfile():
                 continue
-            handle = tar.extractfile(member)
-            data = handle.read() if handle else b""
-            if len(data) != member.size:
-                raise tarfile.ReadError(f"entry {member.name} is cut short")
             key, _, name = Path(member.name).name.partition(".")
             if key != current and current is not None:
                 yield current, entries
                 entries = {}
             current = key
+            handle = tar.extractfile(member)
+            data = handle.read() if handle else b""
+            if len(data) != member.size:
+                raise tarfile.ReadError(f"entry {member.name} is cut short")
             entries[name] = data
     if current is not None:
         yield current, entries
