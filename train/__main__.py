@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(cfg.run.device, env)
     setup_distributed(env, device)
     trainer = None
+    failed = False
     group_usable = False  # every rank got here alive and in step (a clean end, or an error all agreed on)
     try:
         run_dir = setup_run(cfg.run, dump_config(cfg), env)
@@ -73,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ShardsError) as exc:  # the same files on every rank, or agreed (Trainer.read_data)
         print(f"error: {exc}", file=sys.stderr)
         group_usable = isinstance(exc, ShardsError) and trainer is not None
+        failed = True
         return 2
     finally:
         if trainer is not None:
             trainer.close()
+        if failed:  # torchrun SIGTERMs the ranks still tearing down once one exits: keep the status 2
+            signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(2))
         if group_usable:  # after a failure a peer may be gone: destroying the group could block
             teardown_distributed()
 
