@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -74,15 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         group_usable = True
         return 0
     except (CheckpointError, ShardsError) as exc:  # the same files on every rank, or agreed (Trainer.read_data)
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")  # one write: the ranks share torchrun's stderr
+        sys.stderr.flush()
         group_usable = isinstance(exc, ShardsError) and trainer is not None
         failed = True
         return 2
     finally:
         if trainer is not None:
             trainer.close()
-        if failed:  # torchrun SIGTERMs the ranks still tearing down once one exits: keep the status 2
-            signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(2))
+        if failed:  # torchrun SIGTERMs the ranks still exiting once one has exited: let them end with status 2
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (SIG_IGN outlasts interpreter shutdown; a handler not)
         if group_usable:  # after a failure a peer may be gone: destroying the group could block
             teardown_distributed()
 
