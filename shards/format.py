@@ -3,6 +3,11 @@
 Every shard is a plain (uncompressed, USTAR) tar in webdataset layout: the files of one sample share a
 key (``0000001.depth.npy``, ``0000001.joints.npy`` ...). Entries carry fixed mtime/uid/gid/mode so that
 the same input always gives byte-identical shards (checksums are compared across re-runs).
+
+Format version 2 adds a per-sample checksum, as record formats users trust have (TFRecord's CRC per
+record): every sample holds ``crc.json``, the CRC32 of each of its other entries' bytes, which the reader
+verifies before decoding; the manifest records each shard's size in bytes, checked before a run starts.
+Version 1 shards (no ``crc.json``, no sizes) still read, without per-sample checks.
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no per-sample checksums, no shard sizes in the manifest
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-{index:06d}.tar"
 
 NYU_KEYS = ("depth.npy", "joints.npy", "cams.npy", "meta.json")
 SYNTHETIC_KEYS = ("pose.npy", "shape.npy", "augment.npy")
+# Per-sample checksums (format 2): {"ENTRY": CRC32 of its bytes} for every other entry of the sample.
+CHECKSUM_ENTRY = "crc.json"
 SYNTHETIC_AUGMENT_FIELDS = ("jitter_x_px", "jitter_y_px", "depth_noise_mm", "hole_fraction", "noise_seed")
 
 # The only entry types the reader decodes; anything else (pickle above all) is refused.
@@ -43,6 +52,20 @@ class BadInputError(ShardsError):
         self.reason = reason
 
 
+class CorruptShardError(ShardsError):
+    """A shard whose bytes are not what its build wrote: a failed checksum, a damaged or cut-short tar.
+
+    Raised in a DataLoader worker, torch re-raises it in the loader's process with the worker's
+    traceback folded into the message; the message is cut back to the one line that names the shard.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "Traceback" in message:
+            last = message.strip().splitlines()[-1]
+            message = last.partition(f"{type(self).__name__}: ")[2] or last
+        super().__init__(message)
+
+
 def shard_name(index: int) -> str:
     return SHARD_PATTERN.format(index=index)
 
@@ -58,16 +81,43 @@ def json_bytes(value: Any) -> bytes:
 
 
 def encode_sample(fields: dict[str, Any]) -> dict[str, bytes]:
-    """``{"depth.npy": array, "meta.json": dict}`` -> entry bytes, by extension."""
+    """``{"depth.npy": array, "meta.json": dict}`` -> entry bytes, by extension, plus ``crc.json``."""
     out = {}
     for name, value in fields.items():
+        if name == CHECKSUM_ENTRY:
+            raise ValueError(f"shard entry name {name!r} is reserved for the per-sample checksums")
         if name.endswith(".npy"):
             out[name] = npy_bytes(value)
         elif name.endswith(".json"):
             out[name] = json_bytes(value)
         else:
             raise ValueError(f"cannot encode shard entry {name!r}: only .npy and .json are written")
+    out[CHECKSUM_ENTRY] = json_bytes({name: zlib.crc32(data) for name, data in out.items()})
     return out
+
+
+def verify_checksums(url: str, key: str, entries: dict[str, bytes]) -> None:
+    """Raise :class:`CorruptShardError` naming the shard, sample and entry unless every entry of the
+    sample matches its CRC32 in ``crc.json`` and the sample has exactly the entries listed there."""
+    where = f"{url}: sample {key}"
+    raw = entries.get(CHECKSUM_ENTRY)
+    if raw is None:
+        raise CorruptShardError(f"{where}: no {CHECKSUM_ENTRY} entry (format {FORMAT_VERSION} shards checksum "
+                                "every sample): the shard is damaged")
+    try:
+        stored = json.loads(raw)
+        stored = {str(name): int(crc) for name, crc in stored.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise CorruptShardError(f"{where}: {CHECKSUM_ENTRY} is unreadable: the shard is corrupted") from None
+    present = sorted(name for name in entries if name != CHECKSUM_ENTRY)
+    if present != sorted(stored):
+        raise CorruptShardError(f"{where}: has entries {present}, its {CHECKSUM_ENTRY} lists {sorted(stored)}: "
+                                "the shard is damaged")
+    for name in present:
+        crc = zlib.crc32(entries[name])
+        if crc != stored[name]:
+            raise CorruptShardError(f"{where}: {name} fails its CRC32 check (stored {stored[name]:08x}, read "
+                                    f"{crc:08x}): the shard is corrupted")
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -151,13 +201,14 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 def write_manifest(directory: Path, *, kind: str, keys: tuple[str, ...], records: list[ShardRecord],
                    args: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``manifest.json``: format version, kind, per-shard counts and checksums, skipped frames, build args."""
+    """``manifest.json``: format version, kind, sample keys (with ``crc.json``), per-shard counts, sizes and
+    checksums, skipped frames, build args. Sizes are read from the shard files in ``directory``."""
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
-        "keys": list(keys),
+        "keys": [*keys, *([] if CHECKSUM_ENTRY in keys else [CHECKSUM_ENTRY])],
         "samples": sum(r.samples for r in records),
-        "shards": [r.to_dict() for r in records],
+        "shards": [{**r.to_dict(), "bytes": (Path(directory) / r.name).stat().st_size} for r in records],
         "skipped": [item for r in records for item in r.skipped],
         "args": args,
         **(extra or {}),
@@ -174,10 +225,58 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ShardsError(f"{path}: not valid JSON ({error})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ShardsError(f"{path}: format_version {manifest.get('format_version')!r}, "
-                          f"this code reads {FORMAT_VERSION}")
+                          f"this code reads {' and '.join(map(str, READABLE_VERSIONS))}")
     return manifest
+
+
+def check_shard_files(directory: str | Path) -> dict[str, Any] | None:
+    """Every shard the manifest lists exists, with the manifest's size (format 2); returns the manifest.
+
+    None for a directory without a manifest (assembled by hand: nothing to check against). Raises
+    :class:`ShardsError` naming the first missing, empty or resized file: a run stops on it before training.
+    """
+    directory = Path(directory)
+    if not (directory / MANIFEST_NAME).exists():
+        return None
+    manifest = read_manifest(directory)
+    for shard in manifest.get("shards", []):
+        path = directory / shard["name"]
+        if not path.is_file():
+            raise ShardsError(f"{path}: missing (listed in {directory / MANIFEST_NAME})")
+        size, expected = path.stat().st_size, shard.get("bytes")
+        if expected is not None and size != expected:
+            raise ShardsError(f"{path}: {size} bytes, {MANIFEST_NAME} says {expected} (truncated or rewritten; "
+                              "`python -m shards inspect` checks it)")
+        if size == 0:
+            raise ShardsError(f"{path}: empty file (listed in {directory / MANIFEST_NAME})")
+    return manifest
+
+
+def read_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {entry: bytes}) per sample, reading every byte; raises tarfile.TarError/OSError if damaged.
+
+    A damaged header after the first ends a tar silently (as tarfile reads it): compare the count with
+    the manifest's to tell a complete shard from a cut-short one.
+    """
+    current, entries = None, {}
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, name = Path(member.name).name.partition(".")
+            if key != current and current is not None:
+                yield current, entries
+                entries = {}
+            current = key
+            handle = tar.extractfile(member)
+            data = handle.read() if handle else b""
+            if len(data) != member.size:
+                raise tarfile.ReadError(f"entry {member.name} is cut short")
+            entries[name] = data
+    if current is not None:
+        yield current, entries
 
 
 def crop_geometry(directory: str | Path) -> tuple[int, float]:

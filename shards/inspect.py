@@ -1,7 +1,8 @@
 """``python -m shards inspect``: verify shard directories against their manifests, and draw samples.
 
 Checks per split: every shard in the manifest exists with its sha256, reads to the end as a tar, holds
-the manifest's sample count, and every sample has all the manifest's keys; no stray shard files.
+the manifest's sample count, and every sample has all the manifest's keys and (format 2) matches its
+per-sample CRC32s, so a fault names the sample; no stray shard files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM, crop_to_pixels
-from shards.format import MANIFEST_NAME, ShardsError, read_manifest, sha256_file
+from shards.format import (MANIFEST_NAME, CorruptShardError, ShardsError, read_manifest, read_tar_samples, sha256_file,
+                           verify_checksums)
 from shards.reader import decode_sample
 
 
@@ -45,27 +47,6 @@ def split_dirs(root: Path) -> list[Path]:
     return found
 
 
-def read_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {entry: bytes}) per sample, reading every byte; raises tarfile.TarError/OSError if damaged."""
-    current, entries = None, {}
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            handle = tar.extractfile(member)
-            data = handle.read() if handle else b""
-            if len(data) != member.size:
-                raise tarfile.ReadError(f"entry {member.name} is cut short")
-            key, _, name = Path(member.name).name.partition(".")
-            if key != current and current is not None:
-                yield current, entries
-                entries = {}
-            current = key
-            entries[name] = data
-    if current is not None:
-        yield current, entries
-
-
 def verify_split(directory: Path) -> SplitReport:
     report = SplitReport(directory)
     try:
@@ -84,7 +65,8 @@ def verify_split(directory: Path) -> SplitReport:
             continue
         if sha256_file(path) != shard["sha256"]:
             report.faults.append(f"{path}: sha256 differs from {MANIFEST_NAME} (corrupted or rewritten)")
-        report.rows.append((shard["name"], _check_tar(path, keys, shard["samples"], report.faults)))
+        report.rows.append((shard["name"], _check_tar(path, keys, shard["samples"], report.faults,
+                                                      checksums=manifest["format_version"] >= 2)))
     for stray in sorted(directory.glob("shard-*.tar")):
         if stray.name not in listed:
             report.faults.append(f"{stray}: not listed in {MANIFEST_NAME}")
@@ -93,13 +75,18 @@ def verify_split(directory: Path) -> SplitReport:
     return report
 
 
-def _check_tar(path: Path, keys: set[str], expected: int, faults: list[str]) -> int:
+def _check_tar(path: Path, keys: set[str], expected: int, faults: list[str], *, checksums: bool) -> int:
     count = 0
     try:
         for key, entries in read_tar_samples(path):
             count += 1
             if set(entries) != keys:
                 faults.append(f"{path}: sample {key} has {sorted(entries)}, expected {sorted(keys)}")
+            elif checksums:
+                try:
+                    verify_checksums(str(path), key, entries)
+                except CorruptShardError as error:
+                    faults.append(str(error))
     except (tarfile.TarError, OSError, EOFError) as error:
         faults.append(f"{path}: unreadable after {count} samples ({error})")
         return count

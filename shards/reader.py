@@ -2,11 +2,19 @@
 
 Stages (resampled, for training):
   shard list resampled with a (seed, epoch) RNG, the same stream on every rank
-  -> split by rank -> split by DataLoader worker -> tar entries to samples
-  -> decode only .npy (no pickle) / .json / .png, refuse anything else -> shuffle -> batch + collate
+  -> split by rank -> split by DataLoader worker
+  -> checked samples: tar entries to samples, each sample's CRC32s verified (format 2), each shard's
+     sample count compared with the manifest's; then decode only .npy (no pickle) / .json / .png,
+     refuse anything else -> shuffle -> batch + collate
 and the loader stops after exactly ``batches_per_epoch`` batches: every rank steps the same number of
 times, even with fewer shards than ranks x workers, because the resampled stream never runs dry.
 ``resampled=False`` reads each shard once in order (evaluation) and keeps the last partial batch.
+
+Corrupt data (a failed checksum, a tar that is damaged or ends early): ``on_corrupt="error"`` raises
+:class:`shards.format.CorruptShardError` naming the shard and sample; ``"skip"`` drops the sample (or the
+rest of the shard), lists the drop in the next batch's ``__skipped__`` entry as (shard, key, samples,
+reason), and raises once more than ``max_corrupt_fraction`` of what a reader read was bad. Before
+reading, every shard of the manifest must exist with its size (:func:`shards.format.check_shard_files`).
 
 The rank split comes from explicit ``rank``/``world_size`` arguments, else from torch.distributed when a
 process group is initialised, else there is none: exported ``RANK``/``WORLD_SIZE`` variables alone never
@@ -18,22 +26,31 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import os
 import random
 import signal
+import tarfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from shards.format import DECODABLE_EXTENSIONS, ShardsError
+from shards.format import (CHECKSUM_ENTRY, DECODABLE_EXTENSIONS, MANIFEST_NAME, CorruptShardError, ShardsError,
+                           check_shard_files, read_tar_samples, verify_checksums)
+
+log = logging.getLogger(__name__)
 
 SHUFFLE_BUFFER = 1000
 SHUFFLE_INITIAL = 100
+SKIPPED_KEY = "__skipped__"  # batch entry: [(shard, key, samples, reason)] dropped since the last batch
+# The bad fraction counts at least this many samples, so one bad sample among the first few read is no stop.
+MIN_SAMPLES_FOR_FRACTION = 100
+_WARNED_UNCHECKED: set[str] = set()
 # A scheduler's preemption signals every process of the job; the rank that owns the loader decides
 # when to stop (it checkpoints first), so its loader workers must outlive these signals.
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -130,11 +147,18 @@ class EpochShuffle:
         return wds.shuffle(SHUFFLE_BUFFER, SHUFFLE_INITIAL, rng=rng)(source)
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """Tar entries -> arrays/dicts by extension; refuses pickle and any other type, naming the entry."""
+def decode_sample(sample: dict[str, Any], *, checksums: bool | None = None) -> dict[str, Any]:
+    """Tar entries -> arrays/dicts by extension; refuses pickle and any other type, naming the entry.
+
+    ``checksums``: True verifies the sample's ``crc.json`` (required), False ignores it (format 1),
+    None verifies it when present (a directory without a manifest). Raises CorruptShardError on a mismatch.
+    """
     out = {"__key__": sample["__key__"], "__url__": sample.get("__url__", "?")}
-    for name, value in sample.items():
-        if name.startswith("__"):
+    entries = {name: value for name, value in sample.items() if not name.startswith("__")}
+    if checksums or (checksums is None and CHECKSUM_ENTRY in entries):
+        verify_checksums(out["__url__"], out["__key__"], entries)
+    for name, value in entries.items():
+        if name == CHECKSUM_ENTRY:
             continue
         field, _, extension = name.rpartition(".")
         if extension not in DECODABLE_EXTENSIONS:
@@ -158,6 +182,73 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class CorruptionLedger:
+    """One reader's (loader worker's) count of samples read and dropped, and the drops not yet reported.
+
+    ``drop`` raises :class:`CorruptShardError` with ``on_corrupt="error"``, and with ``"skip"`` once more than
+    ``max_fraction`` of the samples read (counting at least ``MIN_SAMPLES_FOR_FRACTION``) were dropped.
+    """
+
+    def __init__(self, on_corrupt: Literal["error", "skip"], max_fraction: float) -> None:
+        if on_corrupt not in ("error", "skip"):
+            raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
+        self.on_corrupt, self.max_fraction = on_corrupt, max_fraction
+        self.reset()
+
+    def reset(self) -> None:
+        self.read, self.dropped = 0, 0
+        self.pending: list[tuple[str, str, int, str]] = []
+
+    def drop(self, url: str, key: str, samples: int, reason: str) -> None:
+        if self.on_corrupt == "error":
+            raise CorruptShardError(reason)
+        self.dropped += samples
+        self.pending.append((url, key, samples, reason))
+        seen = self.read + self.dropped
+        if self.dropped > self.max_fraction * max(seen, MIN_SAMPLES_FOR_FRACTION):
+            raise CorruptShardError(f"{url}: {self.dropped} of {seen} samples read were corrupt, more than "
+                                    f"max_corrupt_fraction={self.max_fraction:g} allows (last: {reason})")
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """:func:`collate`, with the drops since the previous batch under ``SKIPPED_KEY``."""
+        batch = collate(samples)
+        batch[SKIPPED_KEY], self.pending = self.pending, []
+        return batch
+
+
+class CheckedSamples:
+    """Stage: shard URLs -> decoded samples, every sample checked, every shard's count compared with the
+    manifest's (``expected``: path -> samples); corrupt data goes to the ``ledger``."""
+
+    def __init__(self, expected: dict[str, int], ledger: CorruptionLedger, checksums: bool | None) -> None:
+        self.expected, self.ledger, self.checksums = expected, ledger, checksums
+
+    def __call__(self, source: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+        for item in source:
+            yield from self.shard(item["url"])
+
+    def shard(self, url: str) -> Iterator[dict[str, Any]]:
+        expected, seen, key = self.expected.get(url), 0, "(none)"
+        try:
+            for key, entries in read_tar_samples(url):
+                seen += 1
+                try:
+                    sample = decode_sample({"__key__": key, "__url__": url, **entries}, checksums=self.checksums)
+                except CorruptShardError as error:
+                    self.ledger.drop(url, key, 1, str(error))
+                    continue
+                self.ledger.read += 1
+                yield sample
+        except (tarfile.TarError, OSError, EOFError) as error:
+            reason = f"{url}: damaged tar after sample {key} ({seen} samples read; {error})"
+        else:
+            if expected is None or seen >= expected:
+                return
+            reason = (f"{url}: ends after sample {key}, {seen} of the manifest's {expected} samples "
+                      "(truncated, or a damaged tar header)")
+        self.ledger.drop(url, key, max((expected or 0) - seen, 1), reason)
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack arrays on dim 0 by key (as torch tensors); other values (meta) become lists."""
     names = [k for k in samples[0] if not k.startswith("__")]
@@ -175,8 +266,10 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 class ShardLoader:
     """Iterable of batches; each ``iter()`` is one epoch (a new shard/sample order when resampled)."""
 
-    def __init__(self, loader: wds.WebLoader, epoch_stages: list[Any], batches_per_epoch: int | None) -> None:
+    def __init__(self, loader: wds.WebLoader, epoch_stages: list[Any], batches_per_epoch: int | None,
+                 ledger: CorruptionLedger) -> None:
         self.loader, self.epoch_stages, self.batches_per_epoch = loader, epoch_stages, batches_per_epoch
+        self.ledger = ledger
         self.epoch = -1
 
     def set_epoch(self, epoch: int) -> None:
@@ -187,6 +280,7 @@ class ShardLoader:
         self.epoch += 1
         for stage in self.epoch_stages:  # workers copy the pipeline at iter(), so this reaches them
             stage.epoch = self.epoch
+        self.ledger.reset()  # the bad fraction counts per reader and epoch
         return iter(self.loader)
 
     def __len__(self) -> int:
@@ -197,28 +291,32 @@ class ShardLoader:
 
 def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int | None, num_workers: int = 2,
                 seed: int = 0, resampled: bool = True, rank: int | None = None,
-                world_size: int | None = None) -> ShardLoader:
-    """Batches (dicts of tensors, ``meta`` a list) from the shards in ``source``; see the module doc.
+                world_size: int | None = None, on_corrupt: Literal["error", "skip"] = "error",
+                max_corrupt_fraction: float = 0.01) -> ShardLoader:
+    """Batches (dicts of tensors, ``meta`` a list, ``__skipped__`` the drops) from the shards in ``source``;
+    see the module doc. Raises ShardsError at once when a shard of the manifest is missing or resized.
 
     ``rank``/``world_size``: this reader's share of the data; default: the initialised process group's,
-    else the whole data set.
+    else the whole data set. ``on_corrupt``/``max_corrupt_fraction``: what corrupt samples do.
     """
     if resampled and not batches_per_epoch:
         raise ValueError("resampled=True needs batches_per_epoch (the stream is endless)")
+    manifest = check_shard_files(source)
     urls = list_shards(source)
     rank, world = resolve_rank_world(rank, world_size)
+    ledger = CorruptionLedger(on_corrupt, max_corrupt_fraction)
+    expected, checksums = _expectations(Path(source), manifest)
+    checked = CheckedSamples(expected, ledger, checksums)
     epoch_stages: list[Any] = []
     if resampled:
         shard_list = EpochResampledShards(urls, seed)
         shuffle = EpochShuffle(seed, rank)
         epoch_stages = [shard_list, shuffle]
-        stages = [shard_list, split_by_rank(rank, world), wds.split_by_worker,
-                  wds.tarfile_to_samples(handler=wds.reraise_exception), wds.map(decode_sample), shuffle,
-                  wds.batched(batch_size, collation_fn=collate, partial=False)]
+        stages = [shard_list, split_by_rank(rank, world), wds.split_by_worker, checked, shuffle,
+                  wds.batched(batch_size, collation_fn=ledger.collate, partial=False)]
     else:
-        stages = [wds.SimpleShardList(urls), split_by_rank(rank, world), wds.split_by_worker,
-                  wds.tarfile_to_samples(handler=wds.reraise_exception), wds.map(decode_sample),
-                  wds.batched(batch_size, collation_fn=collate, partial=True)]
+        stages = [wds.SimpleShardList(urls), split_by_rank(rank, world), wds.split_by_worker, checked,
+                  wds.batched(batch_size, collation_fn=ledger.collate, partial=True)]
     dataset = wds.DataPipeline(*stages)
     loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                            persistent_workers=False, pin_memory=False,
@@ -226,4 +324,19 @@ def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int |
                                            if num_workers > 0 else None))
     if resampled:
         loader = loader.with_epoch(batches_per_epoch)
-    return ShardLoader(loader, epoch_stages, batches_per_epoch if resampled else None)
+    return ShardLoader(loader, epoch_stages, batches_per_epoch if resampled else None, ledger)
+
+
+def _expectations(directory: Path, manifest: dict[str, Any] | None) -> tuple[dict[str, int], bool | None]:
+    """(shard path -> sample count, checksums) for :class:`CheckedSamples`: format 2 checks every sample,
+    format 1 none (one warning per directory), a directory without a manifest the samples that have one."""
+    if manifest is None:
+        return {}, None
+    expected = {str(directory / shard["name"]): int(shard["samples"]) for shard in manifest["shards"]}
+    if manifest["format_version"] >= 2:
+        return expected, True
+    if str(directory) not in _WARNED_UNCHECKED:
+        _WARNED_UNCHECKED.add(str(directory))
+        log.warning("%s: shard format version 1 has no per-sample checksums: its samples are read unchecked "
+                    "(rebuild the shards with `python -m shards` for format 2)", directory / MANIFEST_NAME)
+    return expected, False

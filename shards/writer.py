@@ -4,7 +4,7 @@ Items (frames or synthetic samples) are numbered 0..N-1 and item i goes to shard
 a shard's content depends only on its items, never on worker count or timing. Items are made in a
 process pool (``imap`` keeps their order); the main process writes each shard under a temporary name and
 renames it, then records it in ``.progress.json``. A re-run with the same arguments keeps the shards
-recorded there whose file still matches its checksum and makes only the rest; the manifest is written
+recorded there (in this format version) whose file still matches its checksum and makes only the rest; the manifest is written
 last. Bad items stop the build with :class:`BadInputError`, or with ``skip_bad`` are listed as skipped.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from shards.format import (BadInputError, ShardRecord, ShardsError, sha256_file, shard_name, write_json_atomic,
-                           write_manifest, write_tar)
+from shards.format import (FORMAT_VERSION, BadInputError, ShardRecord, ShardsError, sha256_file, shard_name,
+                           write_json_atomic, write_manifest, write_tar)
 
 PROGRESS_NAME = ".progress.json"
 
@@ -148,6 +148,8 @@ def _load_progress(spec: BuildSpec) -> dict[str, ShardRecord]:
     if _canonical(state.get("args")) != _canonical(spec.args):
         raise ShardsError(f"{spec.directory} holds shards of a different build ({source.name} args "
                           f"{state.get('args')}); use another --out or delete it")
+    if state.get("format_version") != FORMAT_VERSION:
+        return {}  # shards of another format (e.g. without per-sample checksums): build them anew
     shards = state["shards"].values() if isinstance(state["shards"], dict) else state["shards"]
     done = {}
     for value in shards:
@@ -160,7 +162,7 @@ def _load_progress(spec: BuildSpec) -> dict[str, ShardRecord]:
 
 def _save_progress(spec: BuildSpec, done: dict[str, ShardRecord]) -> None:
     write_json_atomic(spec.directory / PROGRESS_NAME,
-                      {"args": spec.args, "shards": {name: r.to_dict() for name, r in sorted(done.items())}})
+                      {"format_version": FORMAT_VERSION, "args": spec.args, "shards": {name: r.to_dict() for name, r in sorted(done.items())}})
 
 
 def _canonical(value: Any) -> str:

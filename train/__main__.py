@@ -15,16 +15,20 @@ Launch commands (CPU ranks use gloo, GPU ranks NCCL; every rank renders its own 
 
 Re-running the same command resumes from RUN/checkpoints. SIGTERM/SIGUSR1 make every rank stop at the
 next step, checkpoint and exit 0. A bad config key or value exits with status 2 and says which; so does
-an unusable checkpoint (init or resume: missing, unreadable, or of another model config).
+an unusable checkpoint (init or resume: missing, unreadable, or of another model config), and a corrupt
+shard (every rank stops at the same step with one line naming the shard; ``data.on_corrupt=skip`` drops
+corrupt samples instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
+from shards.format import ShardsError
 from train.checkpoint import CheckpointError
 from train.config import ConfigError, dump_config, load_config, validate
 from train.distributed import barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
@@ -58,22 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(cfg.run.device, env)
     setup_distributed(env, device)
     trainer = None
-    finished_cleanly = False
+    failed = False
+    group_usable = False  # every rank got here alive and in step (a clean end, or an error all agreed on)
     try:
         run_dir = setup_run(cfg.run, dump_config(cfg), env)
         trainer = Trainer(cfg, env, device, run_dir)
         finished = trainer.train()
         barrier()  # no rank tears the process group down while another still logs or evaluates
         logging.getLogger("train").info("%s at step %d", "finished" if finished else "stopped", trainer.step)
-        finished_cleanly = True
+        group_usable = True
         return 0
-    except CheckpointError as exc:  # every rank reads the same file, so every rank stops here
-        print(f"error: {exc}", file=sys.stderr)
+    except (CheckpointError, ShardsError) as exc:  # the same files on every rank, or agreed (Trainer.read_data)
+        sys.stderr.write(f"error: {exc}\n")  # one write: the ranks share torchrun's stderr
+        sys.stderr.flush()
+        group_usable = isinstance(exc, ShardsError) and trainer is not None
+        failed = True
         return 2
     finally:
         if trainer is not None:
             trainer.close()
-        if finished_cleanly:  # after a failure a peer may be gone: destroying the group could block
+        if failed:  # torchrun SIGTERMs the ranks still exiting once one has exited: let them end with status 2
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (SIG_IGN outlasts interpreter shutdown; a handler not)
+        if group_usable:  # after a failure a peer may be gone: destroying the group could block
             teardown_distributed()
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from shards.format import ShardsError
+from shards.format import ShardsError, check_shard_files
 from train.checkpoint import CheckpointConfig
-from train.data import NO_TRAINING_DATA, DataConfig, check_crop_geometry
+from train.data import NO_TRAINING_DATA, DataConfig, check_crop_geometry, training_dirs
 from train.losses import REAL_TERMS, SYNTHETIC_TERMS, LossConfig
 from train.metrics import MetricsConfig
 from train.monitor import EvalConfig
@@ -96,6 +96,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "(build it, or set eval.every=0 eval.at_start=false)")
     if cfg.data.real:
         _check_real_geometry(cfg)
+    if not 0.0 <= cfg.data.max_corrupt_fraction < 1.0:
+        raise ConfigError(f"config key 'data.max_corrupt_fraction' must be in [0, 1), got {cfg.data.max_corrupt_fraction}")
+    for key, directory in training_dirs(cfg.data, evaluating=cfg.eval.enabled):
+        try:  # every shard of the manifest is there with its size, before any rank trains
+            check_shard_files(directory)
+        except ShardsError as exc:
+            raise ConfigError(f"config key {key!r}: {exc}") from exc
     if active_losses(cfg).prior.enabled:
         try:
             check_prior_file(cfg.loss.prior_path)

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM
 
@@ -34,6 +34,8 @@ class DataConfig:
     num_workers: int = 2  # loader worker processes per rank and source
     size: int = DEFAULT_CROP_SIZE  # crop size S in pixels (must match the shards)
     cube: float = DEFAULT_CUBE_MM  # crop cube edge in mm (must match the shards)
+    on_corrupt: Literal["error", "skip"] = "error"  # a corrupt sample/shard: stop the run, or drop it and go on
+    max_corrupt_fraction: float = 0.01  # skip: stop once more than this fraction of what a reader read is bad
 
     @property
     def has_real(self) -> bool:
@@ -54,7 +56,7 @@ class BatchStream:
     """
 
     def __init__(self, source: str | Path, *, batch_size: int, batches_per_epoch: int, num_workers: int,
-                 seed: int) -> None:
+                 seed: int, on_corrupt: Literal["error", "skip"] = "error", max_corrupt_fraction: float = 0.01) -> None:
         if not Path(source).is_dir():
             raise FileNotFoundError(f"shard source {str(source)!r} is not a directory")
         from shards.reader import make_loader
@@ -62,7 +64,10 @@ class BatchStream:
         self.source = str(source)
         self.batches_per_epoch = batches_per_epoch
         self.loader = make_loader(source, batch_size=batch_size, batches_per_epoch=batches_per_epoch,
-                                  num_workers=num_workers, seed=seed, resampled=True)
+                                  num_workers=num_workers, seed=seed, resampled=True, on_corrupt=on_corrupt,
+                                  max_corrupt_fraction=max_corrupt_fraction)
+        self.skipped = 0  # corrupt samples this rank's readers dropped (data.on_corrupt=skip)
+        self._logged: set[tuple[str, str]] = set()
         self._iterator: Iterator[dict[str, Any]] | None = None
         self._first: dict[str, Any] | None = None
         self._epoch = 0
@@ -95,7 +100,18 @@ class BatchStream:
             raise RuntimeError(f"{self.source}: loader ended after {self._offset} of {self.batches_per_epoch} "
                                "batches in an epoch (every rank must get the same number)")
         self._offset += 1
+        self._count_skips(batch)
         return batch
+
+    def _count_skips(self, batch: dict[str, Any]) -> None:
+        """Count the samples the readers dropped since the previous batch; log each drop once."""
+        from shards.reader import SKIPPED_KEY
+
+        for url, key, samples, reason in batch.pop(SKIPPED_KEY, []):
+            self.skipped += samples
+            if (url, key) not in self._logged:
+                self._logged.add((url, key))
+                log.warning("data.on_corrupt=skip: dropped %d sample(s) of %s: %s", samples, url, reason)
 
 
 def check_crop_geometry(cfg: DataConfig, split_dir: str | Path) -> None:
@@ -118,9 +134,18 @@ def check_crop_geometry(cfg: DataConfig, split_dir: str | Path) -> None:
                          f"{cfg.size} --cube {cfg.cube:g}`")
 
 
+def training_dirs(cfg: DataConfig, *, evaluating: bool) -> list[tuple[str, Path]]:
+    """(config key, shard dir) a run reads: the synthetic dir, NYU train/ and, evaluating, test/."""
+    dirs = [("data.synthetic", Path(cfg.synthetic))] if cfg.has_synthetic else []
+    if cfg.real:
+        dirs += [("data.real", Path(cfg.real) / split) for split in (["train", "test"] if evaluating else ["train"])]
+    return dirs
+
+
 def build_streams(cfg: DataConfig, *, seed: int) -> tuple[BatchStream | None, BatchStream | None]:
     """(synthetic, real) streams; None for a source that is absent or has batch size 0."""
-    common = dict(batches_per_epoch=cfg.batches_per_epoch, num_workers=cfg.num_workers)
+    common = dict(batches_per_epoch=cfg.batches_per_epoch, num_workers=cfg.num_workers, on_corrupt=cfg.on_corrupt,
+                  max_corrupt_fraction=cfg.max_corrupt_fraction)
     synthetic = real = None
     if cfg.has_synthetic:
         synthetic = BatchStream(cfg.synthetic, batch_size=cfg.synthetic_batch, seed=seed, **common)

@@ -201,6 +201,23 @@ def all_gather_objects(obj: object) -> list[object]:
     return out
 
 
+def first_error(message: str | None) -> str | None:
+    """Collective: the first failing rank's ``message`` as ``"rank K: message"`` on every rank, or None.
+
+    A rank-local failure (a corrupt shard one rank read) must stop every rank at the same point: a rank
+    that raised alone would leave its peers blocked in the next collective until the timeout.
+    One all-reduce when no rank failed; the messages are gathered only when one did.
+    """
+    if not is_distributed():
+        return None if message is None else message
+    if all_reduce_max(0.0 if message is None else 1.0) == 0.0:
+        return None
+    for rank, text in enumerate(all_gather_objects(message)):
+        if text is not None:
+            return f"rank {rank}: {text}"
+    return None
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -12,17 +12,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hand import HandModel
+from shards.format import ShardsError
 from train.checkpoint import Checkpointer, check_model_config, load_model_weights, read_checkpoint
 from train.config import TrainConfig, active_losses
 from train.data import build_streams
-from train.distributed import DistEnv, PreemptionFlag, all_gather_floats, is_distributed
+from train.distributed import DistEnv, PreemptionFlag, all_gather_floats, first_error, is_distributed
 from train.losses import Losses, build_losses
 from train.metrics import build_metrics_sink
 from train.monitor import ImageMaker, build_evaluator, step_images
@@ -32,6 +33,7 @@ from train.schema import to_plain
 from train.synthesis import Synthesizer, held_out_batch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -162,15 +164,32 @@ class Trainer:
         self.images = ImageMaker(self.hand.radii, size, cube)
         self.window = Window()
         self.step = 0
+        self.skipped = 0.0  # corrupt samples dropped over all ranks (data.on_corrupt=skip), as last logged
 
     def load(self) -> None:
         """Resume from the newest checkpoint of the run, else start from ``init`` weights (if set)."""
         self.step = self.checkpointer.load()
         if self.step == 0 and self.cfg.init:
             self._load_init(self.cfg.init)
-        for stream in (self.synthetic_stream, self.real_stream):
-            if stream is not None:
-                stream.start(self.step)
+        self.read_data(lambda: [stream.start(self.step) for stream in self.streams])
+
+    @property
+    def streams(self) -> list[Any]:
+        return [stream for stream in (self.synthetic_stream, self.real_stream) if stream is not None]
+
+    def read_data(self, read: Callable[[], T]) -> T:
+        """``read()`` on every rank, then agree (collective): a corrupt shard on any rank stops them all
+        here with ShardsError, the failing rank's message on every rank (data.on_corrupt=error, or too
+        much skipped), instead of one rank dying and its peers waiting for the collective timeout."""
+        value, problem = None, None
+        try:
+            value = read()
+        except ShardsError as exc:
+            problem = str(exc)
+        message = first_error(problem)
+        if message is not None:
+            raise ShardsError(message)
+        return value  # type: ignore[return-value]
 
     def _load_init(self, path: str) -> None:
         """The ``init`` key: model weights only (a fresh optimizer and schedule); CheckpointError if unusable."""
@@ -199,6 +218,9 @@ class Trainer:
             if cfg.eval.due(self.step, cfg.run.steps):
                 self.evaluate()
             self.log(batch, result)
+        if cfg.data.on_corrupt == "skip":
+            log.info("data.on_corrupt=skip: %d corrupt sample(s) skipped over all ranks (data/skipped_samples)",
+                     self.skipped)
         return True
 
     def train_one(self) -> tuple[Batch, StepResult]:
@@ -214,8 +236,8 @@ class Trainer:
 
     def next_batch(self, start: float) -> Batch:
         """The next batch of each stream, the synthetic one rendered; timed from ``start``."""
-        synthetic = self.synthetic_stream.next() if self.synthetic_stream else None
-        real = self.real_stream.next() if self.real_stream else None
+        synthetic, real = self.read_data(lambda: (self.synthetic_stream.next() if self.synthetic_stream else None,
+                                                  self.real_stream.next() if self.real_stream else None))
         fetched = time.perf_counter()
         rendered = self.synthesizer(synthetic) if synthetic is not None else None
         self._sync()
@@ -247,10 +269,14 @@ class Trainer:
         if self.window.steps == 0:
             return
         local = self.window.local_values()
+        local["skipped_samples"] = float(sum(stream.skipped for stream in self.streams))  # since this start
         names = list(local)
         ranks = [dict(zip(names, values)) for values in all_gather_floats([local[n] for n in names])]
         world = len(ranks)
+        skipped = sum(r.pop("skipped_samples") for r in ranks)
+        names.remove("skipped_samples")
         values = {f"train/{name}": sum(r[name] for r in ranks) / world for name in names}
+        values["data/skipped_samples"] = self.skipped = skipped
         values["train/samples_per_s"] = sum(r["samples_per_s"] for r in ranks)
         values["train/lr"] = self.optimizer.param_groups[0]["lr"]
         values.update({f"train/samples_per_s/rank{k}": r["samples_per_s"] for k, r in enumerate(ranks)})

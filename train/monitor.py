@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -94,12 +94,20 @@ class Evaluator:
         return float(np.concatenate(errors).mean())
 
     def _real_metrics(self, net: nn.Module) -> dict[str, float]:
+        from shards.format import ShardsError
         from shards.reader import make_loader
         from train.evaluate import FrameErrors, collect_errors, compute_metrics, metric_scalars
 
         loader = make_loader(self.real_test, batch_size=self.batch_size, batches_per_epoch=None,
                              num_workers=self.num_workers, resampled=False)
-        shares = all_gather_objects(collect_errors(net, loader, device=self.device, max_batches=self.max_batches))
+        try:  # a corrupt test shard stops every rank here, not one rank (its peers would wait in the gather)
+            share: Any = collect_errors(net, loader, device=self.device, max_batches=self.max_batches)
+        except ShardsError as exc:
+            share = f"rank {self.rank}: {exc}"
+        shares = all_gather_objects(share)
+        problems = [s for s in shares if isinstance(s, str)]
+        if problems:
+            raise ShardsError(problems[0])
         if self.rank != 0:
             return {}
         metrics = compute_metrics(FrameErrors.concatenate(shares))  # type: ignore[arg-type]
