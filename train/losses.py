@@ -38,7 +38,7 @@ Definitions (``r`` = model sphere radii, ``d`` = distances between sphere centre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 from torch import nn
@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # only for annotations: the hand package is passed in by the 
     from hand import HandModel
 
 NUM_VIEWS = 3
+ProjectionPairs = Literal["schedule", "all", "same_view"]
 
 
 @dataclass
@@ -79,23 +80,27 @@ class LossConfig:
     collision: TermConfig = _term(1.0)  # inter-finger sphere penetration, mm^2 (real)
     bone_length: TermConfig = _term(1.0)  # bone lengths outside the ratio band around the median (real)
     heatmap_mean: TermConfig = _term(1e-2)  # mean squared raw heatmap score (real)
+    supervised: TermConfig = field(default_factory=lambda: TermConfig(0.1, enabled=False))  # labelled real joints
     prior_path: str | None = None  # pose VAE file written by `python -m train.prior`
     heatmap_sigma_cells: float = 1.0  # std of the synthetic Gaussian heatmap targets, heatmap cells
-    projection_inside_scale: float = 500.0  # data-to-model cost per mm for data points inside a sphere
-    projection_outside_scale: float = 1.0  # same outside all spheres (the prototype scales both by 500)
-    projection_max_distance_mm: float = 50.0  # data-to-model distances are clipped here (outliers, arm)
+    projection_data_scale: float = 500.0  # data-to-model cost per mm of distance to the nearest sphere surface
+    # Data-to-model distances are clipped here: observed depth farther from every sphere (the forearm,
+    # clutter) costs a constant and pulls nothing. The reference clips at 50 mm; at 50 the forearm drags
+    # the fit off the hand (the fitting test), so the default is 20.
+    projection_max_distance_mm: float = 20.0
+    projection_pairs: ProjectionPairs = "schedule"  # view pairs: all 3 x 3 in the consistency phase, then same-view
     consistency_steps: int = 1500  # consistency is active for the first this many steps of each epoch
     epoch_steps: int = 2910  # steps per epoch (reference: 72,757 frames / 25); <= 0: consistency always on
     collision_tolerance_mm: float = 6.0  # sphere interpenetration allowed before collision costs
-    bone_min_ratio: float = 0.80  # bones shorter than this times the batch median cost
-    bone_max_ratio: float = 1.05  # bones longer than this times the batch median cost
+    bone_min_ratio: float = 0.80  # rigid pairs shorter than this times their template length cost
+    bone_max_ratio: float = 1.05  # rigid pairs longer than this times their template length cost
 
     def terms(self) -> dict[str, TermConfig]:
         return {name: getattr(self, name) for name in SYNTHETIC_TERMS + REAL_TERMS}
 
 
 SYNTHETIC_TERMS = ("synthetic_heatmap", "synthetic_depth")
-REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean")
+REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean", "supervised")
 
 
 class HeatmapTargetLoss(nn.Module):
@@ -134,42 +139,65 @@ def view_to_view(cams: torch.Tensor) -> torch.Tensor:
     return invert_transform(cams)[:, :, None] @ cams[:, None, :]
 
 
+@dataclass
+class RealInputs:
+    """What every self-supervised term reads: one real batch and the network's predictions for it."""
+
+    stack_joints: list[torch.Tensor]  # per hourglass stack, (B, V, J, 3) mm, each view in its own crop frame
+    logits: list[torch.Tensor]  # per stack, (B * V, J, H, W) raw heatmap scores
+    depth: torch.Tensor  # (B, V, S, S) observed crop depth, mm
+    cams: torch.Tensor  # (B, V, 4, 4) view-k-to-view-1 transforms
+    labels: torch.Tensor | None  # (B, V, 36, 3) labelled joints (only the supervised term reads them)
+    consistency_phase: bool  # the first ``consistency_steps`` of an epoch: consistency on, all view pairs
+
+
 class ProjectionLoss(nn.Module):
     """Mutual projection of predicted spheres against observed depth (see the module docstring)."""
 
-    def __init__(self, radii: torch.Tensor, size: int, cube_mm: float, *, inside_scale: float,
-                 outside_scale: float, max_distance_mm: float) -> None:
+    def __init__(self, radii: torch.Tensor, size: int, cube_mm: float, *, data_scale: float,
+                 max_distance_mm: float, pairs: ProjectionPairs) -> None:
         super().__init__()
         self.register_buffer("radii", radii.detach().float().clone(), persistent=False)
         self.size, self.cube_mm = size, cube_mm
-        self.inside_scale, self.outside_scale, self.max_distance = inside_scale, outside_scale, max_distance_mm
+        self.data_scale, self.max_distance, self.pairs = data_scale, max_distance_mm, pairs
         self.background = background_depth(cube_mm)
 
-    def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
-        """joints (B, V, J, 3) mm, observed depth (B, V, S, S) mm, cams (B, V, 4, 4) -> scalar."""
-        centres = transform_points(view_to_view(cams.float()), joints.float()[:, None])  # (B, Vj, Vk, J, 3)
+    def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor, *,
+                cross_views: bool = True) -> torch.Tensor:
+        """joints (B, V, J, 3) mm, observed depth (B, V, S, S) mm, cams (B, V, 4, 4) -> scalar.
+
+        ``cross_views``: every view's spheres in every view (3 x 3 pairs), else each view in its own only.
+        """
+        if cross_views:
+            centres = transform_points(view_to_view(cams.float()), joints.float()[:, None])  # (B, Vj, Vk, J, 3)
+        else:
+            centres = joints.float()[:, :, None]  # (B, V, 1, J, 3)
         return self.model_to_data(centres, depth.float()) + self.data_to_model(centres, depth.float())
 
+    def uses_cross_views(self, consistency_phase: bool) -> bool:
+        """Whether this step pairs views: always, never, or (``schedule``) during the consistency phase."""
+        return self.pairs == "all" or (self.pairs == "schedule" and consistency_phase)
+
     def model_to_data(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        batch, views, _, num, _ = centres.shape
+        """centres (B, Vj, K, J, 3) in view j's frame -> mean squared depth difference, summed over pairs."""
+        batch, views, sources, num, _ = centres.shape
         pixels = crop_to_pixels(centres, self.size, self.cube_mm).reshape(-1, num, 3)
         rendered = render_spheres(pixels, self.radii, self.size, self.size, background=self.background,
                                   pixels_per_mm=self.size / self.cube_mm)
-        rendered = rendered.reshape(batch, views, views, self.size, self.size).clamp(max=self.background)
+        rendered = rendered.reshape(batch, views, sources, self.size, self.size).clamp(max=self.background)
         observed = depth[:, :, None]
         foreground = (rendered < self.background) | (observed < self.background)
         squared = torch.where(foreground, (rendered - observed) ** 2, torch.zeros_like(rendered))
         return squared.mean(dim=(-2, -1)).sum(dim=(1, 2)).mean()
 
     def data_to_model(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        batch, views, _, _, _ = centres.shape
+        """Unsigned distance of each observed point to the nearest sphere surface, clipped, per pixel."""
         points = self.depth_points(depth)  # (B, Vj, P, 3)
-        # Squared distances via |p|^2 + |c|^2 - 2 p.c: (B, Vj, Vk, P, J) without a (..., 3) intermediate.
+        # Squared distances via |p|^2 + |c|^2 - 2 p.c: (B, Vj, K, P, J) without a (..., 3) intermediate.
         cross = points[:, :, None] @ centres.transpose(-1, -2)
         squared = (points ** 2).sum(-1)[:, :, None, :, None] + (centres ** 2).sum(-1)[..., None, :] - 2 * cross
-        signed = (squared.clamp_min(1e-6).sqrt() - self.radii).min(dim=-1).values  # (B, Vj, Vk, P)
-        cost = torch.where(signed < 0, -signed * self.inside_scale,
-                           signed.clamp(max=self.max_distance) * self.outside_scale)
+        surface = (squared.clamp_min(1e-6).sqrt() - self.radii).abs().min(dim=-1).values  # (B, Vj, K, P)
+        cost = surface.clamp(max=self.max_distance) * self.data_scale
         foreground = (depth < self.background).flatten(-2)[:, :, None]  # (B, Vj, 1, P)
         cost = torch.where(foreground, cost, torch.zeros_like(cost))
         return cost.mean(dim=-1).sum(dim=(1, 2)).mean()
@@ -181,6 +209,10 @@ class ProjectionLoss(nn.Module):
         uvz = torch.stack([u.expand_as(depth), v.expand_as(depth), depth], dim=-1)
         return pixels_to_crop(uvz, self.size, self.cube_mm).flatten(-3, -2)
 
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        cross = self.uses_cross_views(inputs.consistency_phase)
+        return sum(self(j, inputs.depth, inputs.cams, cross_views=cross) for j in inputs.stack_joints)
+
 
 class ConsistencyLoss(nn.Module):
     """MSE (mm^2) of each view's joints, mapped to view 1, to the per-coordinate median over views."""
@@ -190,8 +222,20 @@ class ConsistencyLoss(nn.Module):
         centre = common.median(dim=1, keepdim=True).values
         return F.mse_loss(common, centre.expand_as(common))
 
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        if not inputs.consistency_phase:
+            return inputs.depth.new_zeros(())
+        return sum(self(j, inputs.cams) for j in inputs.stack_joints)
 
-class PriorLoss(nn.Module):
+
+class PoseTerm(nn.Module):
+    """A term on predicted poses alone, (N, J, 3) mm -> scalar; ``real`` sums it over views and stacks."""
+
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        return sum(self(j.flatten(0, 1)) for j in inputs.stack_joints)
+
+
+class PriorLoss(PoseTerm):
     """Negative ELBO of palm-centred joints / 100 under a frozen pose VAE."""
 
     def __init__(self, vae: nn.Module) -> None:
@@ -207,22 +251,28 @@ class PriorLoss(nn.Module):
         return self.vae.negative_elbo(prior_inputs(joints.float())).mean()
 
 
-def _finger_pairs(sphere_finger: torch.Tensor) -> torch.Tensor:
-    finger = sphere_finger.long()
+def collision_pairs(hand: HandModel, tolerance_mm: float) -> torch.Tensor:
+    """(P, 2) sphere pairs that may not interpenetrate: spheres of different fingers, and palm and finger
+    spheres that are clear of each other at the rest pose (a knuckle sphere overlaps the palm by design)."""
+    finger = hand.sphere_finger.long().cpu()
     first, second = torch.triu_indices(len(finger), len(finger), offset=1)
-    keep = (finger[first] >= 0) & (finger[second] >= 0) & (finger[first] != finger[second])
+    fingers = (finger[first] >= 0) & (finger[second] >= 0) & (finger[first] != finger[second])
+    rest = hand.keypoints(torch.zeros(1, hand.num_params, device=hand.radii.device))[0].detach().cpu().float()
+    radii = hand.radii.detach().cpu().float()
+    clear = radii[first] + radii[second] - (rest[first] - rest[second]).norm(dim=-1) <= tolerance_mm
+    palm_finger = ((finger[first] < 0) != (finger[second] < 0)) & clear
+    keep = fingers | palm_finger
     return torch.stack([first[keep], second[keep]], dim=1)
 
 
-class CollisionLoss(nn.Module):
-    """Squared interpenetration of spheres on different fingers beyond a tolerance (mm^2)."""
+class CollisionLoss(PoseTerm):
+    """Squared interpenetration beyond a tolerance (mm^2) of the pairs of :func:`collision_pairs`."""
 
-    def __init__(self, radii: torch.Tensor, sphere_finger: torch.Tensor, tolerance_mm: float) -> None:
+    def __init__(self, radii: torch.Tensor, pairs: torch.Tensor, tolerance_mm: float) -> None:
         super().__init__()
-        pairs = _finger_pairs(sphere_finger.cpu())
-        self.register_buffer("pairs", pairs, persistent=False)
+        self.register_buffer("pairs", pairs.long().cpu(), persistent=False)
         radii = radii.detach().float().cpu()
-        self.register_buffer("touching", radii[pairs[:, 0]] + radii[pairs[:, 1]], persistent=False)
+        self.register_buffer("touching", radii[self.pairs[:, 0]] + radii[self.pairs[:, 1]], persistent=False)
         self.tolerance = tolerance_mm
 
     def forward(self, joints: torch.Tensor) -> torch.Tensor:
@@ -232,22 +282,29 @@ class CollisionLoss(nn.Module):
         return F.relu(self.touching - distance - self.tolerance).pow(2).sum(dim=-1).mean()
 
 
-class BoneLengthLoss(nn.Module):
-    """Bone lengths outside [min_ratio, max_ratio] x their batch median (mm^2)."""
+class BoneLengthLoss(PoseTerm):
+    """Lengths of rigid sphere pairs (finger bones, palm) outside [min_ratio, max_ratio] x template (mm^2)."""
 
-    def __init__(self, bones: torch.Tensor, min_ratio: float, max_ratio: float) -> None:
+    def __init__(self, pairs: torch.Tensor, template: torch.Tensor, min_ratio: float, max_ratio: float) -> None:
         super().__init__()
-        self.register_buffer("bones", bones.long().cpu(), persistent=False)
+        self.register_buffer("pairs", pairs.long().cpu(), persistent=False)
+        self.register_buffer("template", template.detach().float().cpu(), persistent=False)
         self.min_ratio, self.max_ratio = min_ratio, max_ratio
 
     def forward(self, joints: torch.Tensor) -> torch.Tensor:
         """joints (N, J, 3) mm -> scalar."""
         joints = joints.float()
-        length = (joints[:, self.bones[:, 0]] - joints[:, self.bones[:, 1]]).norm(dim=-1)  # (N, K)
-        median = length.detach().median(dim=0).values
-        short = F.relu(self.min_ratio * median - length)
-        long = F.relu(length - self.max_ratio * median)
+        length = (joints[:, self.pairs[:, 0]] - joints[:, self.pairs[:, 1]]).norm(dim=-1)  # (N, K)
+        short = F.relu(self.min_ratio * self.template - length)
+        long = F.relu(length - self.max_ratio * self.template)
         return (short ** 2 + long ** 2).mean()
+
+
+def rigid_pairs(hand: HandModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The finger bones and the palm's rigid pairs (45, 2) with their template lengths (mm) at the rest pose."""
+    pairs = torch.cat([hand.bones, hand.palm_pairs]).long().cpu()
+    rest = hand.keypoints(torch.zeros(1, hand.num_params, device=hand.radii.device))[0].detach().cpu().float()
+    return pairs, (rest[pairs[:, 0]] - rest[pairs[:, 1]]).norm(dim=-1)
 
 
 class HeatmapMeanLoss(nn.Module):
@@ -255,6 +312,21 @@ class HeatmapMeanLoss(nn.Module):
 
     def forward(self, logits: list[torch.Tensor]) -> torch.Tensor:
         return sum(score.float().pow(2).mean() for score in logits)
+
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        if not inputs.logits:
+            raise ValueError("loss.heatmap_mean needs NetworkOutput.logits (the raw heatmap scores)")
+        return self(inputs.logits)
+
+
+class SupervisedJointLoss(nn.Module):
+    """MSE (mm^2) of each view's predicted NYU joints against its labels, summed over stacks."""
+
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        if inputs.labels is None:
+            raise ValueError("loss.supervised needs labelled real frames (batch['joints'])")
+        labels = inputs.labels.float()
+        return sum(F.mse_loss(j[..., :labels.shape[-2], :].float(), labels) for j in inputs.stack_joints)
 
 
 class Losses(nn.Module):
@@ -270,13 +342,15 @@ class Losses(nn.Module):
             "synthetic_heatmap": lambda: HeatmapTargetLoss(size, cube_mm, cfg.heatmap_sigma_cells),
             "synthetic_depth": JointDepthLoss,
             "projection": lambda: ProjectionLoss(
-                radii, size, cube_mm, inside_scale=cfg.projection_inside_scale,
-                outside_scale=cfg.projection_outside_scale, max_distance_mm=cfg.projection_max_distance_mm),
+                radii, size, cube_mm, data_scale=cfg.projection_data_scale,
+                max_distance_mm=cfg.projection_max_distance_mm, pairs=cfg.projection_pairs),
             "consistency": ConsistencyLoss,
             "prior": lambda: PriorLoss(vae),
-            "collision": lambda: CollisionLoss(radii, hand.sphere_finger, cfg.collision_tolerance_mm),
-            "bone_length": lambda: BoneLengthLoss(hand.bones, cfg.bone_min_ratio, cfg.bone_max_ratio),
+            "collision": lambda: CollisionLoss(radii, collision_pairs(hand, cfg.collision_tolerance_mm),
+                                               cfg.collision_tolerance_mm),
+            "bone_length": lambda: BoneLengthLoss(*rigid_pairs(hand), cfg.bone_min_ratio, cfg.bone_max_ratio),
             "heatmap_mean": HeatmapMeanLoss,
+            "supervised": SupervisedJointLoss,
         }
         self.terms = nn.ModuleDict({name: make() for name, make in modules.items() if name in self.weights})
 
@@ -298,7 +372,7 @@ class Losses(nn.Module):
         return result
 
     def consistency_active(self, step: int) -> bool:
-        """Whether the multi-view consistency term applies at this global step."""
+        """Whether this global step is in the consistency phase of its epoch (consistency, all view pairs)."""
         if self.cfg.epoch_steps <= 0:
             return True
         return step % self.cfg.epoch_steps < self.cfg.consistency_steps
@@ -307,31 +381,18 @@ class Losses(nn.Module):
         """Self-supervised terms; output holds B * 3 view images, view-major per frame (index b * 3 + k)."""
         device = output.joints.device
         depth = batch["depth"].to(device, torch.float32, non_blocking=True)
-        cams = batch["cams"].to(device, torch.float32, non_blocking=True)
         frames = depth.shape[0]
         if output.joints.shape[0] != frames * NUM_VIEWS:
             raise ValueError(f"network output has {output.joints.shape[0]} images for {frames} frames of "
                              f"{NUM_VIEWS} views; feed batch['depth'].reshape(-1, 1, S, S)")
-        per_view = [j.reshape(frames, NUM_VIEWS, *j.shape[1:]) for j in _stack_joints(output)]
-        flat = [j.reshape(-1, *j.shape[2:]) for j in per_view]
-        result = {}
-        for name in REAL_TERMS:
-            if name not in self.terms:
-                continue
-            term = self.terms[name]
-            if name == "projection":
-                value = sum(term(j, depth, cams) for j in per_view)
-            elif name == "consistency":
-                active = self.consistency_active(step)
-                value = sum(term(j, cams) for j in per_view) if active else torch.zeros((), device=device)
-            elif name == "heatmap_mean":
-                if not output.logits:
-                    raise ValueError("loss.heatmap_mean needs NetworkOutput.logits (the raw heatmap scores)")
-                value = term(output.logits)
-            else:
-                value = sum(term(j) for j in flat)
-            result[name] = self._weighted(name, value)
-        return result
+        labels = batch.get("joints")
+        inputs = RealInputs(
+            stack_joints=[j.reshape(frames, NUM_VIEWS, *j.shape[1:]) for j in _stack_joints(output)],
+            logits=output.logits, depth=depth, cams=batch["cams"].to(device, torch.float32, non_blocking=True),
+            labels=None if labels is None else labels.to(device, torch.float32, non_blocking=True),
+            consistency_phase=self.consistency_active(step))
+        return {name: self._weighted(name, self.terms[name].real(inputs)) for name in REAL_TERMS
+                if name in self.terms}
 
 
 def _stack_joints(output: NetworkOutput) -> list[torch.Tensor]:
