@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from train.evaluate import (CURVE_THRESHOLDS_MM, CURVE_X_LABEL, CURVE_Y_LABEL, FrameErrors, compute_metrics,
-                            joint_errors)
+                            joint_errors, success_curve)
 
 MEAN_POSE = "mean_pose"
 
@@ -47,7 +47,7 @@ def mean_pose_metrics(data_root: Path) -> tuple[dict, np.ndarray]:
     constant = np.broadcast_to(train.mean(axis=0), test.shape)
     errors = joint_errors(constant, test, list(NYU_EVAL_JOINTS))
     metrics = compute_metrics(FrameErrors(errors, frames, ["test"] * len(frames)))
-    return metrics, (errors.max(axis=1)[None, :] < CURVE_THRESHOLDS_MM[:, None]).mean(axis=1)
+    return metrics, success_curve(errors)
 
 
 def read_evaluation(directory: Path) -> tuple[dict, np.ndarray]:
