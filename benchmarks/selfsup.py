@@ -33,7 +33,7 @@ from machine import describe_machine
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TERMS_OFF = ["loss.projection.enabled=false", "loss.consistency.enabled=false", "loss.collision.enabled=false",
                   "loss.bone_length.enabled=false", "loss.heatmap_mean.enabled=false", "loss.prior.enabled=false"]
-ABLATED_TERMS = ("projection", "consistency", "collision", "bone_length", "prior", "heatmap_mean")
+ABLATED_TERMS = ("projection", "consistency", "collision", "bone_length", "heatmap_mean")
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,12 @@ class Sizes:
     synthetic_samples: int
     pretrain_steps: int
     finetune_steps: int
-    prior_steps: int
 
 
 FULL = Sizes(train_frames=256, val_frames=64, test_frames=100, synthetic_samples=8000, pretrain_steps=1500,
-             finetune_steps=300, prior_steps=400)
+             finetune_steps=300)
 QUICK = Sizes(train_frames=64, val_frames=16, test_frames=100, synthetic_samples=2000, pretrain_steps=600,
-              finetune_steps=150, prior_steps=150)
+              finetune_steps=150)
 
 
 def python(*args: str, log: Path | None = None) -> None:
@@ -67,9 +66,9 @@ def python(*args: str, log: Path | None = None) -> None:
 
 
 def build_data(work: Path, sizes: Sizes, label_free: bool) -> dict[str, Path]:
-    """Fake-NYU train/test and a validation split of the train subject, their shards, synthetic shards, prior."""
+    """Fake-NYU train/test and a validation split of the train subject, their shards, synthetic shards."""
     paths = {"raw": work / "fake-nyu", "val_raw": work / "fake-nyu-val", "nyu": work / "nyu", "val": work / "val",
-             "synth": work / "synth", "prior": work / "prior.pt", "nyu_label_free": work / "nyu-com-fixed"}
+             "synth": work / "synth", "nyu_label_free": work / "nyu-com-fixed"}
     if not (paths["nyu"] / "test" / "manifest.json").exists():
         python("-m", "shards", "fake-nyu", "--out", str(paths["raw"]), "--train", str(sizes.train_frames),
                "--test", str(sizes.test_frames), "--seed", "0")
@@ -86,8 +85,6 @@ def build_data(work: Path, sizes: Sizes, label_free: bool) -> dict[str, Path]:
     if not (paths["synth"] / "manifest.json").exists():
         python("-m", "shards", "synthetic", "--out", str(paths["synth"]), "--num-samples",
                str(sizes.synthetic_samples), "--samples-per-shard", "500", "--workers", "2")
-    if not paths["prior"].exists():
-        python("-m", "train.prior", "--out", str(paths["prior"]), "--steps", str(sizes.prior_steps))
     return paths
 
 
@@ -131,7 +128,7 @@ def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path) -> dic
 
 def finetunings(paths: dict[str, Path]) -> dict[str, list[str]]:
     return {"synthetic_only": REAL_TERMS_OFF + ["data.real_batch=0"],
-            "self_supervised": [f"loss.prior_path={paths['prior']}"],
+            "self_supervised": [],
             "supervised": REAL_TERMS_OFF + ["loss.supervised.enabled=true"]}
 
 

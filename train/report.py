@@ -1,11 +1,12 @@
-"""Side-by-side report of evaluated runs on one NYU test split, with the constant-predictor yardstick.
+"""Side-by-side evaluation of trained runs on one NYU test split, with the constant-predictor yardstick.
 
-    python -m train.report --data demo/nyu --run synthetic_only=demo/eval-synthetic \
-        --run self_supervised=demo/eval-selfsup --out demo
+    python -m train.report --data demo/nyu --run synthetic_only=demo/synthetic \
+        --run self_supervised=demo/selfsup --out demo
 
-Each ``--run NAME=DIR`` names the output dir of ``python -m train.evaluate`` (its ``metrics.json`` and
-``success_curve.csv``). The ``mean_pose`` row predicts every test frame as the mean view-1 crop-frame joints
-of the labelled train split (``DATA/train``): what a network that ignores its input can score. Writes
+Each ``--run NAME=RUN`` is a run dir (its newest checkpoint) or a checkpoint file, evaluated on
+``DATA/test`` (view 1, NYU's 14 joints) as ``python -m train.evaluate`` does; its report goes to
+``OUT/eval-NAME/``. The ``mean_pose`` row predicts every test frame as the mean view-1 crop-frame joints of
+the labelled train split (``DATA/train``): what a network that ignores its input scores. Writes
 ``OUT/results.json`` (``{name: {"mean_error_mm", "success_at_20mm", "success_at_40mm", "frames"}}``),
 ``OUT/report.md`` (the table) and ``OUT/success_curves.png`` (one curve per row), and prints the table.
 """
@@ -13,60 +14,47 @@ of the labelled train split (``DATA/train``): what a network that ignores its in
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
-from train.evaluate import (CURVE_THRESHOLDS_MM, CURVE_X_LABEL, CURVE_Y_LABEL, FrameErrors, compute_metrics,
-                            joint_errors, success_curve)
+from train.evaluate import (FrameErrors, collect_errors, compute_metrics, joint_errors, load_network,
+                            plot_success_curves, write_report)
 
 MEAN_POSE = "mean_pose"
 
 
-def _labelled_frames(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """View-1 joints (N, 36, 3) and frame numbers (N,) of every frame of an NYU shard split."""
+def _loader(split_dir: Path):
     from shards.reader import make_loader
 
-    joints, frames = [], []
-    for batch in make_loader(split_dir, batch_size=64, batches_per_epoch=None, num_workers=0, resampled=False):
-        joints.append(batch["joints"][:, 0].double().numpy())
-        frames += [int(meta.get("frame", -1)) for meta in batch.get("meta") or [{}] * len(batch["joints"])]
-    if not joints:
-        raise ValueError(f"{split_dir} holds no frames")
-    return np.concatenate(joints), np.asarray(frames)
+    return make_loader(split_dir, batch_size=64, batches_per_epoch=None, num_workers=0, resampled=False)
 
 
-def mean_pose_metrics(data_root: Path) -> tuple[dict, np.ndarray]:
-    """Metrics and success curve of predicting the train split's mean view-1 joints for every test frame."""
+def mean_pose_errors(data_root: Path) -> FrameErrors:
+    """Errors of predicting the train split's mean view-1 joints for every test frame."""
     from hand import NYU_EVAL_JOINTS
 
-    train, _ = _labelled_frames(data_root / "train")
-    test, frames = _labelled_frames(data_root / "test")
-    constant = np.broadcast_to(train.mean(axis=0), test.shape)
-    errors = joint_errors(constant, test, list(NYU_EVAL_JOINTS))
-    metrics = compute_metrics(FrameErrors(errors, frames, ["test"] * len(frames)))
-    return metrics, success_curve(errors)
+    def labelled(split: str) -> tuple[np.ndarray, list[int]]:
+        joints, frames = [], []
+        for batch in _loader(data_root / split):
+            joints.append(batch["joints"][:, 0].double().numpy())
+            frames += [int(meta.get("frame", -1)) for meta in batch.get("meta") or [{}] * len(batch["joints"])]
+        if not joints:
+            raise ValueError(f"{data_root / split} holds no frames")
+        return np.concatenate(joints), frames
 
-
-def read_evaluation(directory: Path) -> tuple[dict, np.ndarray]:
-    """``metrics.json`` and the success curve (fraction below each threshold) of an evaluation dir."""
-    metrics_path, curve_path = directory / "metrics.json", directory / "success_curve.csv"
-    for path in (metrics_path, curve_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `python -m train.evaluate --out {directory}` first")
-    metrics = json.loads(metrics_path.read_text())
-    with open(curve_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return metrics, np.array([float(row["fraction_below"]) for row in rows])
+    train, _ = labelled("train")
+    test, frames = labelled("test")
+    errors = joint_errors(np.broadcast_to(train.mean(axis=0), test.shape), test, list(NYU_EVAL_JOINTS))
+    return FrameErrors(errors, np.asarray(frames), ["test"] * len(frames))
 
 
 def summary(metrics: dict) -> dict:
     """The report's columns of one row."""
-    success = metrics.get("success_at_mm", {})
-    return {"mean_error_mm": float(metrics["mean_error_mm"]), "success_at_20mm": float(success.get("20", 0.0)),
-            "success_at_40mm": float(success.get("40", 0.0)), "frames": int(metrics["frames"])}
+    success = metrics["success_at_mm"]
+    return {"mean_error_mm": float(metrics["mean_error_mm"]), "success_at_20mm": float(success["20"]),
+            "success_at_40mm": float(success["40"]), "frames": int(metrics["frames"])}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -78,33 +66,20 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(curves: dict[str, np.ndarray], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5.5, 4))
-    for name, curve in curves.items():
-        axes.plot(CURVE_THRESHOLDS_MM, curve * 100, label=name)
-    axes.set(xlabel=CURVE_X_LABEL, ylabel=CURVE_Y_LABEL, xlim=(0, 80), ylim=(0, 100))
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
 def build_report(data_root: Path, runs: dict[str, Path], out: Path) -> dict[str, dict]:
-    """Write results.json, report.md and success_curves.png under ``out``; returns the rows by name."""
-    metrics, curve = mean_pose_metrics(data_root)
-    results, curves = {MEAN_POSE: summary(metrics)}, {MEAN_POSE: curve}
-    for name, directory in runs.items():
-        metrics, curves[name] = read_evaluation(directory)
+    """Evaluate every run, write results.json, report.md and success_curves.png; returns the rows by name."""
+    collected = {MEAN_POSE: mean_pose_errors(data_root)}
+    for name, run in runs.items():
+        net, _ = load_network(run)
+        collected[name] = collect_errors(net, _loader(data_root / "test"))
+    results = {}
+    for name, frames in collected.items():
+        metrics = compute_metrics(frames)
+        write_report(metrics, frames.errors, out / f"eval-{name}")
         results[name] = summary(metrics)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot_curves(curves, out / "success_curves.png")
+    plot_success_curves({name: frames.errors for name, frames in collected.items()}, out / "success_curves.png",
+                        title=f"{data_root / 'test'}")
     (out / "report.md").write_text(
         f"# Results on {data_root / 'test'}\n\n{table(results)}\n\n"
         f"`{MEAN_POSE}`: every test frame predicted as the mean view-1 joints of the labelled train split.\n\n"
@@ -113,10 +88,10 @@ def build_report(data_root: Path, runs: dict[str, Path], out: Path) -> dict[str,
 
 
 def _run_argument(text: str) -> tuple[str, Path]:
-    name, sep, directory = text.partition("=")
-    if not sep or not name or not directory:
-        raise argparse.ArgumentTypeError(f"--run {text!r}: expected NAME=EVAL_DIR")
-    return name, Path(directory)
+    name, sep, run = text.partition("=")
+    if not sep or not name or not run:
+        raise argparse.ArgumentTypeError(f"--run {text!r}: expected NAME=RUN_DIR_OR_CHECKPOINT")
+    return name, Path(run)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,15 +99,16 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--data", required=True, type=Path, help="NYU shards root with train/ and test/")
-    parser.add_argument("--run", action="append", default=[], type=_run_argument, metavar="NAME=EVAL_DIR",
-                        help="an evaluation output dir under a row name (repeatable, in table order)")
+    parser.add_argument("--run", action="append", default=[], type=_run_argument, metavar="NAME=RUN",
+                        help="a run dir or checkpoint under a row name (repeatable, in table order)")
     parser.add_argument("--out", required=True, type=Path, help="where results.json, report.md and the plot go")
     args = parser.parse_args(argv)
     from shards.format import ShardsError
+    from train.checkpoint import CheckpointError
 
     try:
         results = build_report(args.data, dict(args.run), args.out)
-    except (OSError, ValueError, KeyError, ShardsError) as error:
+    except (OSError, ValueError, KeyError, ShardsError, CheckpointError) as error:
         parser.exit(2, f"error: {error}\n")
     print(table(results))
     print(f"wrote {args.out / 'results.json'}, {args.out / 'report.md'}, {args.out / 'success_curves.png'}")
