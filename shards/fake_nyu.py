@@ -3,8 +3,9 @@
 Three fixed depth cameras look at a hand held in front of a wall (view 1 frontal, views 2 and 3 from the
 sides), like NYU's rig. The hand has a shape unlike the model's default (larger, longer fingers; a smaller
 second test subject when the test split is large), a forearm leaving the crop cube, a wall behind, and
-Kinect-like noise (depth-dependent jitter, mm quantisation, blob holes, dropout at depth edges), so it
-has a real domain gap to the clean synthetic renders. Labels get a little annotation noise, and
+Kinect-like noise (depth-dependent jitter, mm quantisation, blob holes, dropout at depth edges), and
+poses from a generator of its own (:func:`articulation`, not ``hand.sample_poses``), so it has a real
+domain gap to the synthetic renders. Labels get a little annotation noise, and
 ``label_outliers`` makes some frames' side-view labels wrong, as a badly labelled frame would be.
 
 Besides NYU's files, the root holds ``fake_nyu.npz``, what the generator knows and NYU does not: the

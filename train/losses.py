@@ -15,21 +15,27 @@ Definitions (``r`` = model sphere radii, ``d`` = distances between sphere centre
   hand model's radii) are mapped into the crop frame of every view j (``inv(cams[j]) @ cams[k]``) and
   (a) model-to-data: rendered with the analytic sphere renderer and compared with view j's observed depth,
   squared error (mm^2) where either image is foreground, averaged over all pixels;
-  (b) data-to-model: every foreground pixel of view j, back-projected to a 3D point, has the signed
-  distance s = min_i(|p - c_i| - r_i) to the spheres; the cost is ``projection_outside_scale *
-  min(s, projection_max_distance_mm)`` outside all spheres and ``projection_inside_scale * (-s)`` inside
-  one (an observed surface point inside a sphere means the model bulges through the data), averaged over
-  all pixels. Both parts are summed over the 3 x 3 (k, j) pairs and averaged over frames.
+  (b) data-to-model: every foreground pixel of view j, back-projected to a 3D point p, costs its unsigned
+  distance to the nearest sphere surface, ``min_i abs(|p - c_i| - r_i)``, clipped at
+  ``projection_max_distance_mm`` and times ``projection_data_scale``, averaged over all pixels (the
+  reference's definition; its clip is 50 mm, ours 20: see ``LossConfig``). Both parts are summed over the
+  view pairs and averaged over frames; ``projection_pairs`` picks the pairs (``schedule``: all 3 x 3 during
+  the consistency phase of an epoch, then only the same-view pairs, as the reference does).
 - ``consistency``: joints of the 3 views mapped to view 1's frame (``cams[k]``); MSE (mm^2) to their
-  per-coordinate median over views. Active only while ``step % epoch_steps < consistency_steps``.
+  per-coordinate median over views. Active only in the consistency phase, ``step % epoch_steps <
+  consistency_steps``.
 - ``prior``: negative ELBO (nats per pose) of the palm-centred joints / 100 under the frozen pose VAE
   of :mod:`train.prior`.
-- ``collision``: for every pair of spheres on different fingers (``hand.sphere_finger``; palm spheres
-  excluded) the penetration depth ``r_i + r_j - d_ij`` (mm) beyond an allowed ``collision_tolerance_mm``:
-  ``relu(r_i + r_j - d_ij - tolerance)^2``, summed over pairs, averaged over poses.
-- ``bone_length``: for every ``hand.bones`` pair the length l and its median m over all predicted poses
-  of the batch (all views, detached): ``relu(bone_min_ratio * m - l)^2 + relu(l - bone_max_ratio * m)^2``
-  (mm^2) averaged over poses and bones; zero for skeletons of one hand shape.
+- ``collision``: for every pair of :func:`collision_pairs` (spheres of different fingers, and palm and
+  finger spheres clear of each other at the rest pose) the penetration depth ``r_i + r_j - d_ij`` (mm)
+  beyond an allowed ``collision_tolerance_mm``: ``relu(r_i + r_j - d_ij - tolerance)^2``, summed over
+  pairs, averaged over poses.
+- ``bone_length``: for every rigid pair of :func:`rigid_pairs` (25 finger bones, 20 palm pairs) the
+  length l against its template length L at the hand model's rest pose:
+  ``relu(bone_min_ratio * L - l)^2 + relu(l - bone_max_ratio * L)^2`` (mm^2), averaged over poses and
+  pairs: absolute scale, and a rigid palm.
+- ``silhouette`` (off by default; not in the reference): see :class:`SilhouetteLoss`.
+- ``supervised`` (off by default): MSE (mm^2) of each view's predicted NYU joints against the labels.
 - ``heatmap_mean``: mean squared raw heatmap score on real images (the reference's "hm_mean": a weak L2
   pull of the pre-softmax scores towards zero, keeping real-image heatmaps in the value range the
   synthetic targets train so the temperature softmax does not saturate into a hard arg-max).
@@ -79,8 +85,8 @@ class LossConfig:
     projection: TermConfig = _term(1.0)  # mutual projection, model-to-data + data-to-model (real)
     consistency: TermConfig = _term(1e-3)  # multi-view joint agreement, mm^2 (real)
     prior: TermConfig = _term(1e-2)  # pose VAE negative ELBO of joints / 100 (real)
-    collision: TermConfig = _term(1.0)  # inter-finger sphere penetration, mm^2 (real)
-    bone_length: TermConfig = _term(1.0)  # bone lengths outside the ratio band around the median (real)
+    collision: TermConfig = _term(1.0)  # finger-finger and palm-finger sphere penetration, mm^2 (real)
+    bone_length: TermConfig = _term(1.0)  # rigid pair lengths outside the band around the template (real)
     heatmap_mean: TermConfig = _term(1e-2)  # mean squared raw heatmap score (real)
     # Not in the reference: sphere centres on the observed silhouette of every view, mm^2 (real).
     silhouette: TermConfig = field(default_factory=lambda: TermConfig(1e-2, enabled=False))
