@@ -73,8 +73,10 @@ def test_defaults_are_the_reference_weights() -> None:
     cfg = LossConfig()
     weights = {name: term.weight for name, term in cfg.terms().items()}
     assert weights == {"synthetic_heatmap": 1e3, "synthetic_depth": 0.1, "projection": 1.0, "consistency": 1e-3,
-                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2, "supervised": 0.1}
-    assert [name for name, term in cfg.terms().items() if not term.enabled] == ["supervised"]  # labels: opt-in
+                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2, "silhouette": 1e-2,
+                       "supervised": 0.1}
+    # Opt-in: the silhouette term (not in the reference) and the labels.
+    assert [name for name, term in cfg.terms().items() if not term.enabled] == ["silhouette", "supervised"]
     assert (cfg.consistency_steps, cfg.collision_tolerance_mm, cfg.bone_min_ratio, cfg.bone_max_ratio) == \
         (1500, 6.0, 0.80, 1.05)
     assert (cfg.projection_data_scale, cfg.projection_pairs) == (500.0, "schedule")
@@ -318,3 +320,31 @@ def test_supervised_term_reads_the_labels(model: hand.HandModel, scene: dict) ->
     with pytest.raises(ValueError, match="labelled"):
         losses.real(real_output(scene["joints"].reshape(6, 41, 3)), {"depth": scene["depth"], "cams": scene["cams"]},
                     step=0)
+
+
+def test_hand_size_from_the_prediction(model: hand.HandModel) -> None:
+    from train.losses import HandSizer, rigid_pairs
+
+    pairs, template = rigid_pairs(model)
+    sizer = HandSizer(model.bones, template[:len(model.bones)])
+    joints = model.keypoints(hand.sample_poses(4, generator=torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(sizer(joints), torch.ones(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(sizer(joints * 1.2), torch.full((4,), 1.2), atol=1e-4, rtol=0)
+    # Template lengths scaled to each hand: a uniformly larger hand keeps its proportions and costs nothing,
+    # a stretched finger still costs.
+    sized = BoneLengthLoss(pairs, template, 0.80, 1.05, sizer)
+    absolute = BoneLengthLoss(pairs, template, 0.80, 1.05)
+    assert float(sized(joints * 1.2)) < 1e-6 < 1.0 < float(absolute(joints * 1.2))
+    stretched = joints.clone()
+    a, b = model.bones[0].tolist()
+    stretched[:, b] = joints[:, a] + 1.5 * (joints[:, b] - joints[:, a])
+    assert float(sized(stretched)) > 0.1
+    # The projection term renders spheres with radii scaled the same way.
+    term = projection_term(model, sizer=sizer)
+    centres = (joints * 1.2)[None, :3]  # one frame, three views
+    depth = torch.full((1, 3, SIZE, SIZE), CUBE / 2)
+    recorded = []
+    original = term.model_to_data
+    term.model_to_data = lambda c, d, radii: recorded.append(radii) or original(c, d, radii)
+    term(centres, depth, torch.eye(4).expand(1, 3, 4, 4), cross_views=False)
+    torch.testing.assert_close(recorded[0][0, :, 0], (model.radii * 1.2).expand(3, -1), atol=1e-3, rtol=0)

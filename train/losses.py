@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # only for annotations: the hand package is passed in by the 
 
 NUM_VIEWS = 3
 ProjectionPairs = Literal["schedule", "all", "same_view"]
+HandSize = Literal["template", "predicted"]
 
 
 @dataclass
@@ -99,6 +100,9 @@ class LossConfig:
     # the fit off the hand (the fitting test), so the default is 20.
     projection_max_distance_mm: float = 20.0
     projection_pairs: ProjectionPairs = "schedule"  # view pairs: all 3 x 3 in the consistency phase, then same-view
+    # Sphere radii (projection) and bone lengths (bone_length) at the template's size (the reference) or
+    # scaled to each predicted hand (HandSizer).
+    hand_size: HandSize = "template"
     consistency_steps: int = 1500  # consistency is active for the first this many steps of each epoch
     epoch_steps: int = 2910  # steps per epoch (reference: 72,757 frames / 25); <= 0: consistency always on
     collision_tolerance_mm: float = 6.0  # sphere interpenetration allowed before collision costs
@@ -150,6 +154,26 @@ def view_to_view(cams: torch.Tensor) -> torch.Tensor:
     return invert_transform(cams)[:, :, None] @ cams[:, None, :]
 
 
+class HandSizer(nn.Module):
+    """The size of predicted hands relative to the template: per hand, the median over the finger bones of
+    predicted length / template length (detached, clamped to [0.6, 1.6]).
+
+    The fitting terms otherwise compare every subject with the template's sphere radii and bone lengths:
+    a hand 20% larger than the template can then lower the projection cost only by misplacing its joints
+    over the depth it cannot cover, and the bone band pulls it smaller."""
+
+    def __init__(self, bones: torch.Tensor, template: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("bones", bones.long().cpu(), persistent=False)
+        self.register_buffer("template", template.detach().float().cpu(), persistent=False)
+
+    def forward(self, joints: torch.Tensor) -> torch.Tensor:
+        """joints (..., J, 3) mm -> (...) scale factors."""
+        joints = joints.detach().float()
+        length = (joints[..., self.bones[:, 0], :] - joints[..., self.bones[:, 1], :]).norm(dim=-1)
+        return (length / self.template).median(dim=-1).values.clamp(0.6, 1.6)
+
+
 @dataclass
 class RealInputs:
     """What every self-supervised term reads: one real batch and the network's predictions for it."""
@@ -166,11 +190,12 @@ class ProjectionLoss(nn.Module):
     """Mutual projection of predicted spheres against observed depth (see the module docstring)."""
 
     def __init__(self, radii: torch.Tensor, size: int, cube_mm: float, *, data_scale: float,
-                 max_distance_mm: float, pairs: ProjectionPairs) -> None:
+                 max_distance_mm: float, pairs: ProjectionPairs, sizer: HandSizer | None = None) -> None:
         super().__init__()
         self.register_buffer("radii", radii.detach().float().clone(), persistent=False)
         self.size, self.cube_mm = size, cube_mm
         self.data_scale, self.max_distance, self.pairs = data_scale, max_distance_mm, pairs
+        self.sizer = sizer  # None: the template radii; else radii scaled to each predicted hand
         self.background = background_depth(cube_mm)
 
     def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor, *,
@@ -179,21 +204,28 @@ class ProjectionLoss(nn.Module):
 
         ``cross_views``: every view's spheres in every view (3 x 3 pairs), else each view in its own only.
         """
+        joints = joints.float()
+        radii = self.radii if self.sizer is None else self.radii * self.sizer(joints)[..., None]  # (J,) or (B, V, J)
+        radii = radii.expand(joints.shape[:-1])  # (B, Vk, J)
         if cross_views:
-            centres = transform_points(view_to_view(cams.float()), joints.float()[:, None])  # (B, Vj, Vk, J, 3)
+            centres = transform_points(view_to_view(cams.float()), joints[:, None])  # (B, Vj, Vk, J, 3)
+            radii = radii[:, None].expand(centres.shape[:-1])
         else:
-            centres = joints.float()[:, :, None]  # (B, V, 1, J, 3)
-        return self.model_to_data(centres, depth.float()) + self.data_to_model(centres, depth.float())
+            centres, radii = joints[:, :, None], radii[:, :, None]  # (B, V, 1, J, 3), (B, V, 1, J)
+        return self.model_to_data(centres, depth.float(), radii) + self.data_to_model(centres, depth.float(), radii)
 
     def uses_cross_views(self, consistency_phase: bool) -> bool:
         """Whether this step pairs views: always, never, or (``schedule``) during the consistency phase."""
         return self.pairs == "all" or (self.pairs == "schedule" and consistency_phase)
 
-    def model_to_data(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        """centres (B, Vj, K, J, 3) in view j's frame -> mean squared depth difference, summed over pairs."""
+    def model_to_data(self, centres: torch.Tensor, depth: torch.Tensor,
+                      radii: torch.Tensor | None = None) -> torch.Tensor:
+        """centres (B, Vj, K, J, 3) in view j's frame (radii (B, Vj, K, J), default the template's) -> mean
+        squared depth difference, summed over pairs."""
         batch, views, sources, num, _ = centres.shape
+        radii = (self.radii if radii is None else radii).expand(centres.shape[:-1]).reshape(-1, num)
         pixels = crop_to_pixels(centres, self.size, self.cube_mm).reshape(-1, num, 3)
-        rendered = render_spheres(pixels, self.radii, self.size, self.size, background=self.background,
+        rendered = render_spheres(pixels, radii, self.size, self.size, background=self.background,
                                   pixels_per_mm=self.size / self.cube_mm)
         rendered = rendered.reshape(batch, views, sources, self.size, self.size).clamp(max=self.background)
         observed = depth[:, :, None]
@@ -201,13 +233,15 @@ class ProjectionLoss(nn.Module):
         squared = torch.where(foreground, (rendered - observed) ** 2, torch.zeros_like(rendered))
         return squared.mean(dim=(-2, -1)).sum(dim=(1, 2)).mean()
 
-    def data_to_model(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    def data_to_model(self, centres: torch.Tensor, depth: torch.Tensor,
+                      radii: torch.Tensor | None = None) -> torch.Tensor:
         """Unsigned distance of each observed point to the nearest sphere surface, clipped, per pixel."""
+        radii = (self.radii if radii is None else radii).expand(centres.shape[:-1])[..., None, :]  # (B, Vj, K, 1, J)
         points = self.depth_points(depth)  # (B, Vj, P, 3)
         # Squared distances via |p|^2 + |c|^2 - 2 p.c: (B, Vj, K, P, J) without a (..., 3) intermediate.
         cross = points[:, :, None] @ centres.transpose(-1, -2)
         squared = (points ** 2).sum(-1)[:, :, None, :, None] + (centres ** 2).sum(-1)[..., None, :] - 2 * cross
-        surface = (squared.clamp_min(1e-6).sqrt() - self.radii).abs().min(dim=-1).values  # (B, Vj, K, P)
+        surface = (squared.clamp_min(1e-6).sqrt() - radii).abs().min(dim=-1).values  # (B, Vj, K, P)
         cost = surface.clamp(max=self.max_distance) * self.data_scale
         foreground = (depth < self.background).flatten(-2)[:, :, None]  # (B, Vj, 1, P)
         cost = torch.where(foreground, cost, torch.zeros_like(cost))
@@ -335,18 +369,21 @@ class CollisionLoss(PoseTerm):
 class BoneLengthLoss(PoseTerm):
     """Lengths of rigid sphere pairs (finger bones, palm) outside [min_ratio, max_ratio] x template (mm^2)."""
 
-    def __init__(self, pairs: torch.Tensor, template: torch.Tensor, min_ratio: float, max_ratio: float) -> None:
+    def __init__(self, pairs: torch.Tensor, template: torch.Tensor, min_ratio: float, max_ratio: float,
+                 sizer: HandSizer | None = None) -> None:
         super().__init__()
         self.register_buffer("pairs", pairs.long().cpu(), persistent=False)
         self.register_buffer("template", template.detach().float().cpu(), persistent=False)
         self.min_ratio, self.max_ratio = min_ratio, max_ratio
+        self.sizer = sizer  # None: absolute template lengths; else scaled to each predicted hand
 
     def forward(self, joints: torch.Tensor) -> torch.Tensor:
         """joints (N, J, 3) mm -> scalar."""
         joints = joints.float()
         length = (joints[:, self.pairs[:, 0]] - joints[:, self.pairs[:, 1]]).norm(dim=-1)  # (N, K)
-        short = F.relu(self.min_ratio * self.template - length)
-        long = F.relu(length - self.max_ratio * self.template)
+        template = self.template if self.sizer is None else self.template * self.sizer(joints)[:, None]
+        short = F.relu(self.min_ratio * template - length)
+        long = F.relu(length - self.max_ratio * template)
         return (short ** 2 + long ** 2).mean()
 
 
@@ -388,17 +425,20 @@ class Losses(nn.Module):
         self.cfg = cfg
         self.weights = {name: float(term.weight) for name, term in cfg.terms().items() if term.enabled}
         radii = hand.radii.detach().float().cpu()
+        pairs, template = rigid_pairs(hand)
+        bones = len(hand.bones)  # rigid_pairs lists the finger bones first
+        sizer = HandSizer(pairs[:bones], template[:bones]) if cfg.hand_size == "predicted" else None
         modules: dict[str, Callable[[], nn.Module]] = {
             "synthetic_heatmap": lambda: HeatmapTargetLoss(size, cube_mm, cfg.heatmap_sigma_cells),
             "synthetic_depth": JointDepthLoss,
             "projection": lambda: ProjectionLoss(
                 radii, size, cube_mm, data_scale=cfg.projection_data_scale,
-                max_distance_mm=cfg.projection_max_distance_mm, pairs=cfg.projection_pairs),
+                max_distance_mm=cfg.projection_max_distance_mm, pairs=cfg.projection_pairs, sizer=sizer),
             "consistency": ConsistencyLoss,
             "prior": lambda: PriorLoss(vae),
             "collision": lambda: CollisionLoss(radii, collision_pairs(hand, cfg.collision_tolerance_mm),
                                                cfg.collision_tolerance_mm),
-            "bone_length": lambda: BoneLengthLoss(*rigid_pairs(hand), cfg.bone_min_ratio, cfg.bone_max_ratio),
+            "bone_length": lambda: BoneLengthLoss(pairs, template, cfg.bone_min_ratio, cfg.bone_max_ratio, sizer),
             "heatmap_mean": HeatmapMeanLoss,
             "silhouette": lambda: SilhouetteLoss(size, cube_mm),
             "supervised": SupervisedJointLoss,
