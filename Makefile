@@ -23,23 +23,26 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The whole pipeline on a built-in NYU-format sample: raw NYU layout -> shards -> pose prior ->
-# 2-process torchrun training (synthetic + self-supervised terms) -> evaluation -> TensorBoard logs.
+# The whole method on a built-in NYU-format sample (fake NYU: 256 train frames of one subject, 100 test
+# frames of two): raw NYU layout -> shards -> synthetic pretraining (torchrun, 2 processes) ->
+# self-supervised fine-tuning by fitting on the unlabelled train split (torchrun, 2 processes) ->
+# both evaluated on the test split beside the mean-pose yardstick -> DEMO/results.json, DEMO/report.md.
+# Re-running resumes (finished steps are skipped); `rm -rf demo` starts over.
 DEMO ?= demo
 NPROC ?= 2
+TORCHRUN = $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m train
 demo: venv
-	$(PY) -m shards fake-nyu --out $(DEMO)/nyu-raw --train 64 --test 24 --seed 0
-	$(PY) -m shards nyu --nyu-root $(DEMO)/nyu-raw --out $(DEMO)/nyu --samples-per-shard 16 --workers 2
-	$(PY) -m shards synthetic --out $(DEMO)/synth --num-samples 4000 --samples-per-shard 500 --workers 2
+	$(PY) -m shards fake-nyu --out $(DEMO)/nyu-raw --train 256 --test 100 --seed 0
+	$(PY) -m shards nyu --nyu-root $(DEMO)/nyu-raw --out $(DEMO)/nyu --samples-per-shard 32 --workers 2
+	$(PY) -m shards synthetic --out $(DEMO)/synth --num-samples 8000 --samples-per-shard 500 --workers 2
 	$(PY) -m shards inspect $(DEMO)/nyu --show 6 --out $(DEMO)/nyu-samples.png
-	$(PY) -m shards inspect $(DEMO)/synth
-	$(PY) -m train.prior --out $(DEMO)/prior.pt --steps 400
-	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m train --config configs/ci.yaml \
-		data.real=$(DEMO)/nyu data.synthetic=$(DEMO)/synth run.dir=$(DEMO)/run \
-		loss.prior.enabled=true loss.prior_path=$(DEMO)/prior.pt
-	$(PY) -m train.evaluate --checkpoint $(DEMO)/run --data $(DEMO)/nyu/test --out $(DEMO)/eval
-	@echo "demo done: $(DEMO)/eval/metrics.json, $(DEMO)/eval/success_curve.png;" \
-		"watch the run with: $(VENV)/bin/tensorboard --logdir $(DEMO)/run"
+	$(TORCHRUN) --config configs/synthetic-cpu.yaml data.synthetic=$(DEMO)/synth data.real=$(DEMO)/nyu \
+		run.dir=$(DEMO)/synthetic
+	$(TORCHRUN) --config configs/selfsup-cpu.yaml init=$(DEMO)/synthetic data.synthetic=$(DEMO)/synth \
+		data.real=$(DEMO)/nyu run.dir=$(DEMO)/selfsup
+	$(PY) -m train.report --data $(DEMO)/nyu --run synthetic_only=$(DEMO)/synthetic \
+		--run self_supervised=$(DEMO)/selfsup --out $(DEMO)
+	@echo "watch both runs with: $(VENV)/bin/tensorboard --logdir $(DEMO)"
 
 build-kernels: venv
 	$(PY) -m renderer_cuda build

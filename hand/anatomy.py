@@ -137,6 +137,26 @@ def bone_pairs() -> np.ndarray:
     return np.array(pairs, dtype=np.int64)
 
 
+# Pairs of spheres rigid with the palm whose distances keep the palm from deforming: the knuckle chain,
+# each knuckle (thumb: carpometacarpal) to the palm centre, the wrist triangle, the palm centre to the
+# wrist, two diagonals, the thumb base to the wrist and the mid palm sphere. By NYU name: 20 pairs.
+_PALM_PAIRS = (
+    ("F4_KNU1_B", "F3_KNU1_B"), ("F3_KNU1_B", "F2_KNU1_B"), ("F2_KNU1_B", "F1_KNU1_B"),
+    ("F4_KNU1_B", "PALM_3"), ("F3_KNU1_B", "PALM_3"), ("F2_KNU1_B", "PALM_3"), ("F1_KNU1_B", "PALM_3"),
+    ("TH_KNU1_B", "PALM_3"),
+    ("PALM_1", "PALM_2"), ("PALM_1", "PALM_6"), ("PALM_2", "PALM_6"),
+    ("PALM_3", "PALM_1"), ("PALM_3", "PALM_2"), ("PALM_3", "PALM_6"),
+    ("F4_KNU1_B", "PALM_2"), ("F1_KNU1_B", "PALM_1"),
+    ("TH_KNU1_B", "PALM_1"), ("TH_KNU1_B", "PALM_6"),
+    ("PALM_5", "PALM_3"), ("PALM_5", "PALM_6"),
+)
+
+
+def palm_pairs() -> np.ndarray:
+    """(20, 2) sphere pairs rigid with the palm (fixed distance at every pose): the palm's shape."""
+    return np.array([(SPHERE_NAMES.index(a), SPHERE_NAMES.index(b)) for a, b in _PALM_PAIRS], dtype=np.int64)
+
+
 def sphere_radii() -> np.ndarray:
     """(41,) radii in mm in sphere order."""
     radii = np.zeros(NUM_SPHERES)

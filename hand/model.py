@@ -13,6 +13,8 @@ thumb's first "phalanx" is its metacarpal).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -55,7 +57,7 @@ class HandModel(nn.Module):
     """Sphere hand with forward kinematics on any device; see the module docstring for parameters.
 
     Buffers (move with ``.to``): ``radii`` (41,) mm, ``lower``/``upper`` (26,), ``sphere_finger``
-    (41,), ``bones`` (25, 2). ``keypoints`` gives the 41 sphere centres, ``mesh`` the skinned surface.
+    (41,), ``bones`` (25, 2), ``palm_pairs`` (20, 2). ``keypoints`` gives the 41 sphere centres, ``mesh`` the skinned surface.
     """
 
     num_params = anatomy.NUM_PARAMS
@@ -71,6 +73,7 @@ class HandModel(nn.Module):
         self.register_buffer("upper", torch.tensor(upper, dtype=f32))
         self.register_buffer("sphere_finger", torch.tensor(anatomy.sphere_finger()))
         self.register_buffer("bones", torch.tensor(anatomy.bone_pairs()))
+        self.register_buffer("palm_pairs", torch.tensor(anatomy.palm_pairs()))
         self.register_buffer("finger_base", torch.tensor(anatomy.FINGER_BASE, dtype=f32))
         self.register_buffer("finger_rest", torch.tensor(anatomy.finger_rest_rotations(), dtype=f32))
         self.register_buffer("phalanx_length", torch.tensor(anatomy.PHALANX_LENGTH, dtype=f32))
@@ -191,6 +194,36 @@ class HandModel(nn.Module):
         offset = self.skin_offset.to(pose.dtype) * shape[:, 0, None, None]
         turned = (bone_rot[:, self.skin_bone] @ offset[..., None])[..., 0]
         return centre + turned, self.faces
+
+    def forearm(self, pose: torch.Tensor, shape: torch.Tensor | None = None, *, radii_mm: torch.Tensor,
+                length_mm: float = 300.0, wrist_flexion: torch.Tensor | None = None,
+                segments: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """A forearm: a closed elliptic cylinder from the wrist centre (``PALM_6``) along the arm side (+y of
+        the hand frame), bent by ``wrist_flexion`` (B,) rad about the hand's x axis. ``radii_mm`` (B, 2) are
+        its half-widths across the palm and through it (0 collapses it: nothing is drawn). Returns vertices
+        (B, 2 * segments + 2, 3) mm in the crop frame and faces (4 * segments, 3) long."""
+        shape = self._check(pose, shape)
+        dtype, device = pose.dtype, pose.device
+        wrist_index = anatomy.NYU_JOINT_NAMES.index("PALM_6") - 30  # palm_points holds spheres 30.. in order
+        wrist = self.palm_points[wrist_index].to(dtype) * (shape[:, 0] * shape[:, 1])[:, None]  # (B, 3)
+        angles = torch.arange(segments, dtype=dtype, device=device) * (2 * math.pi / segments)
+        radii = radii_mm.to(dtype)
+        ring = torch.stack([radii[:, :1] * angles.cos(), torch.zeros_like(radii[:, :1] * angles),
+                            radii[:, 1:] * angles.sin()], dim=-1)  # (B, segments, 3)
+        bend = torch.zeros(pose.shape[0], dtype=dtype, device=device) if wrist_flexion is None else wrist_flexion
+        turn = _axis_rotation(bend.to(dtype), 0).transpose(1, 2)  # row vectors: v @ turn rotates v
+        along = torch.tensor([[0.0, length_mm, 0.0]], dtype=dtype, device=device)
+        near_end = wrist[:, None] + torch.tensor([0.0, -8.0, 0.0], dtype=dtype, device=device)  # (B, 1, 3)
+        # Vertices: near ring, far ring, near cap centre, far cap centre.
+        local = torch.cat([near_end + ring, wrist[:, None] + (ring + along) @ turn, near_end,
+                           wrist[:, None] + along @ turn], dim=1)
+        vertices = local @ axis_angle_to_matrix(pose[:, :3]).transpose(1, 2) + pose[:, None, 3:6]
+        i = torch.arange(segments, device=device)
+        j = (i + 1) % segments
+        near_cap, far_cap = torch.full_like(i, 2 * segments), torch.full_like(i, 2 * segments + 1)
+        faces = torch.cat([torch.stack(f, dim=1) for f in ((i, j, segments + i), (j, segments + j, segments + i),
+                                                              (near_cap, j, i), (far_cap, segments + i, segments + j))])
+        return vertices, faces
 
     def clamp(self, pose: torch.Tensor) -> torch.Tensor:
         """Pose with finger angles clamped into the joint limits (global parameters untouched)."""

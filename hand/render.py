@@ -18,17 +18,22 @@ from renderer_cuda import rasterize, render_spheres
 @torch.no_grad()
 def render_mesh_depth(model: HandModel, pose: torch.Tensor, shape: torch.Tensor | None = None, *,
                       size: int = DEFAULT_CROP_SIZE, cube_mm: float = DEFAULT_CUBE_MM,
-                      offset_mm: torch.Tensor | None = None, supersample: int = 1,
-                      backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                      offset_mm: torch.Tensor | None = None, forearm: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      supersample: int = 1, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Poses (B, 26) and shapes -> (mesh depth (B, S, S) mm, keypoints (B, 41, 3) mm in the crop frame).
 
     ``offset_mm`` (B, 1, 3) is subtracted from mesh and keypoints alike (a moved crop centre), so image
-    and labels stay consistent. Renders on the model's device.
+    and labels stay consistent. ``forearm``: (radii (B, 2) mm, wrist flexion (B,) rad) of a forearm drawn
+    with the hand (:meth:`HandModel.forearm`). Renders on the model's device.
     """
     device = model.radii.device
     pose = pose.to(device, torch.float32)
     shape = None if shape is None else shape.to(device, torch.float32)
     vertices, faces = model.mesh(pose, shape)
+    if forearm is not None:
+        arm, arm_faces = model.forearm(pose, shape, radii_mm=forearm[0].to(device), wrist_flexion=forearm[1].to(device))
+        faces = torch.cat([faces.to(device), arm_faces + vertices.shape[1]])
+        vertices = torch.cat([vertices, arm], dim=1)
     keypoints = model.keypoints(pose, shape)
     if offset_mm is not None:
         vertices, keypoints = vertices - offset_mm, keypoints - offset_mm

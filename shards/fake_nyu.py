@@ -3,8 +3,9 @@
 Three fixed depth cameras look at a hand held in front of a wall (view 1 frontal, views 2 and 3 from the
 sides), like NYU's rig. The hand has a shape unlike the model's default (larger, longer fingers; a smaller
 second test subject when the test split is large), a forearm leaving the crop cube, a wall behind, and
-Kinect-like noise (depth-dependent jitter, mm quantisation, blob holes, dropout at depth edges), so it
-has a real domain gap to the clean synthetic renders. Labels get a little annotation noise, and
+Kinect-like noise (depth-dependent jitter, mm quantisation, blob holes, dropout at depth edges), and
+poses from a generator of its own (:func:`articulation`, not ``hand.sample_poses``), so it has a real
+domain gap to the synthetic renders. Labels get a little annotation noise, and
 ``label_outliers`` makes some frames' side-view labels wrong, as a badly labelled frame would be.
 
 Besides NYU's files, the root holds ``fake_nyu.npz``, what the generator knows and NYU does not: the
@@ -92,19 +93,32 @@ def arm_rotation(rng: np.random.Generator) -> np.ndarray:
     return Rotation.from_euler("ZXY", [tilt, pitch, roll], degrees=True).as_matrix()
 
 
-def forearm_mesh(wrist: np.ndarray, scale: float, segments: int = 24) -> tuple[np.ndarray, np.ndarray]:
-    """A closed elliptic cylinder from the wrist along +y (hand frame: the arm side), (V, 3) and (F, 3)."""
-    angles = np.linspace(0, 2 * np.pi, segments, endpoint=False)
-    ring = np.stack([31 * scale * np.cos(angles), np.zeros_like(angles), 21 * scale * np.sin(angles)], -1)
-    near = ring + wrist + np.array([0.0, -8.0, 0.0])
-    far = ring + wrist + np.array([0.0, FOREARM_LENGTH_MM, 0.0])
-    vertices = np.concatenate([near, far, [wrist + [0, -8.0, 0]], [wrist + [0, FOREARM_LENGTH_MM, 0]]])
-    faces = []
-    for i in range(segments):
-        j = (i + 1) % segments
-        faces += [[i, j, segments + i], [j, segments + j, segments + i],
-                  [2 * segments, j, i], [2 * segments + 1, segments + i, segments + j]]
-    return vertices, np.array(faces)
+def articulation(rng: np.random.Generator, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """(26,) pose of the fake subject, drawn from a generator of its own (not ``hand.sample_poses``).
+
+    A real hand moves in synergies: one grasp level closes all four fingers together, each finger
+    deviating from it; the distal joint follows the middle one (about 2/3 of its flexion); fingers spread
+    only while open; counting gestures stretch some fingers out of a closed hand; the thumb opposes more
+    the more the hand closes. Global rotation and translation are left at zero (the caller sets them).
+    """
+    grasp = rng.beta(0.6, 0.6)
+    flex = np.clip(grasp + rng.normal(0.0, 0.18, 4), 0.0, 1.0)
+    if rng.random() < 0.35:  # a counting gesture: the first n fingers (index first) out, the rest closed
+        extended = int(rng.integers(1, 4))
+        flex[:extended] = rng.uniform(0.0, 0.15, extended)
+        flex[extended:] = np.maximum(flex[extended:], rng.uniform(0.7, 1.0, 4 - extended))
+    spread = rng.uniform(-0.05, 0.3) * (1.0 - flex.mean())
+    pose = np.zeros(26)
+    for finger in range(4):
+        mcp = 1.45 * flex[finger] + rng.normal(0.0, 0.08)
+        pip = 1.7 * flex[finger] + rng.normal(0.0, 0.1)
+        dip = 0.66 * pip + rng.normal(0.0, 0.05)
+        abduct = (1.0, 0.2, -0.5, -1.1)[finger] * spread + rng.normal(0.0, 0.04)
+        pose[6 + 4 * finger:10 + 4 * finger] = abduct, mcp, pip, dip
+    opposition = np.clip(0.7 * grasp + rng.normal(0.15, 0.25), 0.0, 1.0)
+    pose[22:26] = (rng.uniform(-0.3, 0.4), 0.9 * opposition - 0.2 + rng.normal(0.0, 0.1),
+                   0.5 * opposition + rng.normal(0.0, 0.15), rng.uniform(0.0, 1.1))
+    return np.clip(pose, lower, upper)
 
 
 _PIXEL_CENTRES = np.mgrid[0:NYU_IMAGE_HEIGHT, 0:NYU_IMAGE_WIDTH] + 0.5
@@ -118,15 +132,13 @@ class FakeScene:
 
         self.config = config
         self.model = hand.HandModel()
-        self.sample_poses = hand.sample_poses
         self.radii = self.model.radii.detach().numpy().astype(np.float64)
 
     def frame(self, split: str, index: int, frames: int) -> dict[str, np.ndarray]:
         """Everything about one frame; depth (3, 480, 640) mm with 0 = missing, joints camera frames."""
         split_id = 0 if split == "train" else 1
         rng = np.random.default_rng([self.config.seed, split_id, index])
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        pose = self.sample_poses(1, generator=generator).float()
+        pose = torch.from_numpy(articulation(rng, self.model.lower.numpy(), self.model.upper.numpy()))[None].float()
         rotation = arm_rotation(rng)
         pose[0, :3] = torch.from_numpy(Rotation.from_matrix(rotation).as_rotvec()).float()
         pose[0, 3:6] = 0.0
@@ -135,12 +147,12 @@ class FakeScene:
         with torch.no_grad():
             vertices, faces = self.model.mesh(pose, shape)
             keypoints = self.model.keypoints(pose, shape)[0].double().numpy()
-            rest = self.model.keypoints(torch.zeros_like(pose), shape)[0].double().numpy()
-        wrist = np.array([rest[:, 0].mean(), rest[:, 1].max(), 0.0])
-        arm_vertices, arm_faces = forearm_mesh(wrist, SUBJECT_SHAPES[subject][0])
+            scale = SUBJECT_SHAPES[subject][0]
+            arm_vertices, arm_faces = self.model.forearm(pose, shape, radii_mm=torch.tensor([[31.0, 21.0]]) * scale,
+                                                         length_mm=FOREARM_LENGTH_MM)
         offset = SCENE_CENTER + rng.uniform([-40, -60, -60], [40, 20, 60])
-        world = np.concatenate([vertices[0].double().numpy(), arm_vertices @ rotation.T]) + offset
-        all_faces = np.concatenate([faces.numpy(), arm_faces + vertices.shape[1]])
+        world = np.concatenate([vertices[0].double().numpy(), arm_vertices[0].double().numpy()]) + offset
+        all_faces = np.concatenate([faces.numpy(), arm_faces.numpy() + vertices.shape[1]])
         joints_world = keypoints + offset
         out = {"pose": pose[0].numpy(), "shape": shape[0].numpy(), "offset": offset, "subject": subject}
         depth, clean, joints, visible = [], [], [], []

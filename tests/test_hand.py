@@ -225,3 +225,23 @@ def test_mesh_and_sphere_silhouettes_agree(model):
     # Where both are seen, the mesh is in front of or near the sphere surfaces (it wraps them).
     both = mesh_mask & sphere_mask
     assert ((mesh - spheres)[both] < 5).float().mean() > 0.95
+
+
+def test_forearm_leaves_the_wrist_along_the_arm() -> None:
+    model = hand.HandModel()
+    pose = hand.sample_poses(3, torch.Generator().manual_seed(4))
+    radii = torch.tensor([[30.0, 20.0], [25.0, 18.0], [0.0, 0.0]])
+    vertices, faces = model.forearm(pose, radii_mm=radii, length_mm=250.0)
+    assert vertices.shape == (3, 34, 3) and faces.shape == (64, 3) and int(faces.max()) == 33
+    wrist = model.keypoints(pose)[:, hand.NYU_JOINT_NAMES.index("PALM_6")]
+    centre = model.keypoints(pose)[:, hand.PALM_CENTER]
+    near, far = vertices[:, -2], vertices[:, -1]  # the cap centres
+    torch.testing.assert_close((near - wrist).norm(dim=-1), torch.full((3,), 8.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close((far - wrist).norm(dim=-1), torch.full((3,), 250.0), atol=1e-3, rtol=0)
+    assert ((far - centre).norm(dim=-1) > (wrist - centre).norm(dim=-1) + 200).all()  # away from the fingers
+    # Zero radii collapse the arm onto its axis: every triangle has zero area, nothing is drawn.
+    triangles = vertices[2][faces]
+    area = torch.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0], dim=-1).norm(dim=-1)
+    assert float(area.max()) < 1e-2  # mm^2: float rounding only
+    bent, _ = model.forearm(pose, radii_mm=radii, length_mm=250.0, wrist_flexion=torch.full((3,), 0.4))
+    assert float((bent[:, -1] - far).norm(dim=-1).min()) > 50  # flexion turns the arm about the wrist

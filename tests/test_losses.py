@@ -73,10 +73,13 @@ def test_defaults_are_the_reference_weights() -> None:
     cfg = LossConfig()
     weights = {name: term.weight for name, term in cfg.terms().items()}
     assert weights == {"synthetic_heatmap": 1e3, "synthetic_depth": 0.1, "projection": 1.0, "consistency": 1e-3,
-                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2}
-    assert all(term.enabled for term in cfg.terms().values())
+                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2, "silhouette": 1e-2,
+                       "supervised": 0.1}
+    # Opt-in: the silhouette term (not in the reference) and the labels.
+    assert [name for name, term in cfg.terms().items() if not term.enabled] == ["silhouette", "supervised"]
     assert (cfg.consistency_steps, cfg.collision_tolerance_mm, cfg.bone_min_ratio, cfg.bone_max_ratio) == \
         (1500, 6.0, 0.80, 1.05)
+    assert (cfg.projection_data_scale, cfg.projection_pairs) == (500.0, "schedule")
 
 
 def test_heatmap_targets_peak_at_the_keypoint_cell() -> None:
@@ -117,7 +120,7 @@ def test_synthetic_losses_through_the_network(model: hand.HandModel, prior_file:
 
 
 def test_projection_is_minimal_at_the_true_spheres(model: hand.HandModel, scene: dict) -> None:
-    term = ProjectionLoss(model.radii, SIZE, CUBE, inside_scale=500.0, outside_scale=1.0, max_distance_mm=50.0)
+    term = projection_term(model)
     truth = float(term(scene["joints"], scene["depth"], scene["cams"]))
     generator = torch.Generator().manual_seed(0)
     for sigma in (2.0, 8.0):
@@ -131,7 +134,7 @@ def test_projection_is_minimal_at_the_true_spheres(model: hand.HandModel, scene:
 
 
 def test_projection_parts_see_every_view(model: hand.HandModel, scene: dict) -> None:
-    term = ProjectionLoss(model.radii, SIZE, CUBE, inside_scale=500.0, outside_scale=1.0, max_distance_mm=50.0)
+    term = projection_term(model)
     wrong_view = scene["joints"].clone()
     wrong_view[:, 2] += torch.tensor([0.0, 10.0, 0.0])  # only view 3's prediction is off
     centres_true = transform_points(term_view_to_view(scene["cams"]), scene["joints"][:, None])
@@ -148,14 +151,40 @@ def term_view_to_view(cams: torch.Tensor) -> torch.Tensor:
     return view_to_view(cams)
 
 
-def test_data_to_model_weights_points_inside_spheres(model: hand.HandModel, scene: dict) -> None:
-    common = dict(outside_scale=1.0, max_distance_mm=50.0)
-    heavy = ProjectionLoss(model.radii, SIZE, CUBE, inside_scale=500.0, **common)
-    light = ProjectionLoss(model.radii, SIZE, CUBE, inside_scale=1.0, **common)
-    towards_camera = scene["joints"] - torch.tensor([0.0, 0.0, 4.0])  # spheres swallow the observed surface
-    centres = transform_points(term_view_to_view(scene["cams"]), towards_camera[:, None])
-    assert float(heavy.data_to_model(centres, scene["depth"])) > 100 * float(light.data_to_model(centres,
-                                                                                                  scene["depth"]))
+def projection_term(model: hand.HandModel, **changes) -> ProjectionLoss:
+    cfg = LossConfig()
+    options = dict(data_scale=cfg.projection_data_scale, max_distance_mm=cfg.projection_max_distance_mm,
+                   pairs=cfg.projection_pairs)
+    return ProjectionLoss(model.radii, SIZE, CUBE, **{**options, **changes})
+
+
+def test_data_to_model_is_unsigned_and_clipped(model: hand.HandModel) -> None:
+    """An observed point costs its distance to the nearest sphere surface, inside or outside, up to the clip."""
+    term = projection_term(model, data_scale=1.0, max_distance_mm=20.0)
+    centre = torch.zeros(1, 1, 1, 41, 3)
+    centre[..., 2] = 1000.0  # every sphere far away ...
+    lateral = 0.5 * CUBE / SIZE  # pixel (32, 32) samples crop pixel (32.5, 32.5): this many mm off the centre
+    centre[0, 0, 0, 0] = torch.tensor([lateral, lateral, 0.0])  # ... but sphere 0 right behind that pixel
+    radius = float(model.radii[0])
+    depth = torch.full((1, 1, SIZE, SIZE), CUBE / 2)
+    costs = []
+    for offset in (-4.0, 4.0, 60.0):  # inside, outside by as much, far outside
+        depth[0, 0, SIZE // 2, SIZE // 2] = radius + offset
+        costs.append(float(term.data_to_model(centre, depth)) * SIZE * SIZE)
+    assert costs[0] == pytest.approx(4.0, abs=0.05) and costs[1] == pytest.approx(4.0, abs=0.05)
+    assert costs[2] == pytest.approx(20.0)
+
+
+def test_projection_pairs_follow_the_schedule(model: hand.HandModel, scene: dict) -> None:
+    wrong_view = scene["joints"].clone()
+    wrong_view[:, 2] += torch.tensor([0.0, 10.0, 0.0])
+    args = (wrong_view, scene["depth"], scene["cams"])
+    term = projection_term(model)
+    assert term.uses_cross_views(True) and not term.uses_cross_views(False)
+    assert projection_term(model, pairs="all").uses_cross_views(False)
+    assert not projection_term(model, pairs="same_view").uses_cross_views(True)
+    # Same-view pairs only: view 3's error is seen in view 3 alone, so it costs less than in all 3 x 3 pairs.
+    assert 0 < float(term(*args, cross_views=False)) < float(term(*args, cross_views=True))
 
 
 def test_consistency(scene: dict) -> None:
@@ -169,7 +198,10 @@ def test_consistency(scene: dict) -> None:
 
 
 def test_collision(model: hand.HandModel) -> None:
-    term = CollisionLoss(model.radii, model.sphere_finger, 6.0)
+    from train.losses import collision_pairs
+
+    pairs = collision_pairs(model, 6.0)
+    term = CollisionLoss(model.radii, pairs, 6.0)
     rest = model.keypoints(torch.zeros(1, 26))
     assert float(term(rest)) == 0.0
     crossed = rest.clone()
@@ -179,16 +211,23 @@ def test_collision(model: hand.HandModel) -> None:
     assert float(term(crossed)) > 10.0
     before, after = descend(term, crossed)
     assert after < before
-    # Palm spheres and spheres of one finger never count.
-    assert not ((model.sphere_finger[term.pairs] < 0).any())
-    assert (model.sphere_finger[term.pairs[:, 0]] != model.sphere_finger[term.pairs[:, 1]]).all()
+    # A fingertip pushed into the palm centre costs too (the palm-finger pairs).
+    into_palm = rest.clone()
+    into_palm[0, index[0]] = rest[0, hand.PALM_CENTER]
+    assert float(term(into_palm)) > 100.0
+    finger = model.sphere_finger[pairs]
+    assert not (finger[:, 0] == finger[:, 1]).any()  # never two spheres of one finger (or of the palm)
+    assert ((finger < 0).sum(dim=1) == 1).any()
 
 
 def test_bone_length(model: hand.HandModel) -> None:
-    term = BoneLengthLoss(model.bones, 0.80, 1.05)
+    from train.losses import rigid_pairs
+
+    pairs, template = rigid_pairs(model)
+    assert len(pairs) == 45  # 25 finger bones and 20 palm pairs
+    term = BoneLengthLoss(pairs, template, 0.80, 1.05)
     generator = torch.Generator().manual_seed(1)
-    shape = hand.sample_shapes(1, generator=generator).repeat(6, 1)
-    joints = model.keypoints(hand.sample_poses(6, generator=generator), shape)
+    joints = model.keypoints(hand.sample_poses(6, generator=generator))
     assert float(term(joints)) < 1e-6
     stretched = joints.clone()
     a, b = model.bones[0].tolist()
@@ -196,6 +235,12 @@ def test_bone_length(model: hand.HandModel) -> None:
     assert float(term(stretched)) > 0.1
     before, after = descend(term, stretched)
     assert after < before
+    # Absolute scale: a hand 30% larger than the template costs, whatever the rest of the batch does.
+    assert float(term(joints * 1.3)) > 1.0
+    # The palm is rigid: moving a knuckle within the palm costs.
+    bent = joints.clone()
+    bent[:, hand.NYU_JOINT_NAMES.index("F4_KNU1_B")] += torch.tensor([0.0, 0.0, 12.0])
+    assert float(term(bent)) > float(term(joints)) + 0.1
 
 
 def test_prior_term(model: hand.HandModel, prior_file: Path) -> None:
@@ -238,7 +283,9 @@ def test_real_losses_combine_weighted_terms(model: hand.HandModel, scene: dict, 
     assert all(torch.isfinite(v) and v.dim() == 0 for v in terms.values())
     torch.testing.assert_close(terms["consistency"], 1e-3 * ConsistencyLoss()(off, scene["cams"]))
     late = losses.real(real_output(off.reshape(6, 41, 3)), batch, step=150)
-    assert float(late["consistency"]) == 0.0 and float(late["projection"]) == float(terms["projection"])
+    assert float(late["consistency"]) == 0.0
+    same_view = projection_term(model)(off, scene["depth"], scene["cams"], cross_views=False)
+    torch.testing.assert_close(late["projection"], same_view)
     with pytest.raises(ValueError, match="3 views"):
         losses.real(real_output(off.reshape(6, 41, 3)[:4]), batch, step=0)
 
@@ -260,3 +307,44 @@ def test_disabled_terms_are_absent_and_prior_needs_a_file(model: hand.HandModel)
         build_losses(LossConfig(), model, None, size=SIZE, cube_mm=CUBE)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         build_losses(LossConfig(), model, "missing.pt", size=SIZE, cube_mm=CUBE)
+
+
+def test_supervised_term_reads_the_labels(model: hand.HandModel, scene: dict) -> None:
+    cfg = LossConfig(supervised=TermConfig(0.5), prior=TermConfig(1e-2, enabled=False))
+    losses = build_losses(cfg, model, None, size=SIZE, cube_mm=CUBE)
+    batch = {"depth": scene["depth"], "cams": scene["cams"], "joints": scene["joints"][:, :, :36]}
+    exact = losses.real(real_output(scene["joints"].reshape(6, 41, 3)), batch, step=0)
+    assert float(exact["supervised"]) == 0.0
+    off = losses.real(real_output((scene["joints"] + torch.tensor([3.0, 0.0, 0.0])).reshape(6, 41, 3)), batch, step=0)
+    assert float(off["supervised"]) == pytest.approx(0.5 * 9.0 / 3)  # (3 mm)^2 on x, mean over x, y, z
+    with pytest.raises(ValueError, match="labelled"):
+        losses.real(real_output(scene["joints"].reshape(6, 41, 3)), {"depth": scene["depth"], "cams": scene["cams"]},
+                    step=0)
+
+
+def test_hand_size_from_the_prediction(model: hand.HandModel) -> None:
+    from train.losses import HandSizer, rigid_pairs
+
+    pairs, template = rigid_pairs(model)
+    sizer = HandSizer(model.bones, template[:len(model.bones)])
+    joints = model.keypoints(hand.sample_poses(4, generator=torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(sizer(joints), torch.ones(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(sizer(joints * 1.2), torch.full((4,), 1.2), atol=1e-4, rtol=0)
+    # Template lengths scaled to each hand: a uniformly larger hand keeps its proportions and costs nothing,
+    # a stretched finger still costs.
+    sized = BoneLengthLoss(pairs, template, 0.80, 1.05, sizer)
+    absolute = BoneLengthLoss(pairs, template, 0.80, 1.05)
+    assert float(sized(joints * 1.2)) < 1e-6 < 1.0 < float(absolute(joints * 1.2))
+    stretched = joints.clone()
+    a, b = model.bones[0].tolist()
+    stretched[:, b] = joints[:, a] + 1.5 * (joints[:, b] - joints[:, a])
+    assert float(sized(stretched)) > 0.1
+    # The projection term renders spheres with radii scaled the same way.
+    term = projection_term(model, sizer=sizer)
+    centres = (joints * 1.2)[None, :3]  # one frame, three views
+    depth = torch.full((1, 3, SIZE, SIZE), CUBE / 2)
+    recorded = []
+    original = term.model_to_data
+    term.model_to_data = lambda c, d, radii: recorded.append(radii) or original(c, d, radii)
+    term(centres, depth, torch.eye(4).expand(1, 3, 4, 4), cross_views=False)
+    torch.testing.assert_close(recorded[0][0, :, 0], (model.radii * 1.2).expand(3, -1), atol=1e-3, rtol=0)

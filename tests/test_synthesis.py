@@ -94,3 +94,23 @@ def test_jitter_moves_crop_and_keypoints_together(synth, clean, jx, jy):
     p0 = crop_to_pixels(k0, SIZE, CUBE)
     p1 = crop_to_pixels(k1, SIZE, CUBE)
     assert torch.allclose(p1[..., :2] - p0[..., :2], torch.tensor([-float(jx), -float(jy)]), atol=1e-3)
+
+
+def test_forearm_and_scale_augmentation(clean):
+    from train.synthesis import SynthesisConfig
+
+    seeds = with_augment(clean, noise_seed=[11, 12, 13, 14, 15, 16])
+    plain, plain_keypoints = Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE)(seeds)
+    arm, arm_keypoints = Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE, cfg=SynthesisConfig(forearm=1.0))(seeds)
+    # The arm only adds surface: labels unchanged, more foreground, and nowhere a farther depth.
+    torch.testing.assert_close(arm_keypoints, plain_keypoints)
+    assert ((arm < BG).sum(dim=(1, 2, 3)) > (plain < BG).sum(dim=(1, 2, 3)) + 20).all()
+    assert (arm <= plain + 1e-4).all()
+    again, _ = Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE, cfg=SynthesisConfig(forearm=1.0))(seeds)
+    assert torch.equal(arm, again)  # drawn from each sample's seed: the same render every time
+    # Scale jitter scales hand and labels together about the palm centre, within the configured range.
+    cfg = SynthesisConfig(scale_jitter=0.15)
+    _, scaled = Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE, cfg=cfg)(seeds)
+    spread = lambda k: (k - k[:, PALM_CENTER:PALM_CENTER + 1]).norm(dim=-1).mean(dim=1)  # noqa: E731
+    ratio = spread(scaled) / spread(plain_keypoints)
+    assert ((ratio > 0.84) & (ratio < 1.16)).all() and ratio.std() > 0.01

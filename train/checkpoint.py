@@ -270,3 +270,16 @@ class Checkpointer:
             set_rng_state(rng[self.rank])
         else:  # another world size: per-rank streams cannot continue, so start fresh ones deterministically
             seed_everything(self.seed + self.rank + 1_000_003 * int(obj["step"]))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the newest complete checkpoint of a run dir or its checkpoints/ dir
+    (``init``, ``python -m train.evaluate`` and ``python -m train.report`` all take either)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = list_checkpoints(directory)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint (step-*.pt) in {directory}")
+    return found[-1][1]

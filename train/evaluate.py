@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from geometry import Intrinsics
-from train.checkpoint import CheckpointError, list_checkpoints, load_model_weights, read_checkpoint
+from train.checkpoint import CheckpointError, load_model_weights, read_checkpoint, resolve_checkpoint
 from train.network import HourglassNet, NetworkConfig, build_network
 from train.schema import ConfigError, from_dict
 
@@ -69,18 +69,6 @@ class FrameErrors:
         """The frames of several parts (e.g. every rank's share) in order."""
         return FrameErrors(np.concatenate([p.errors for p in parts]), np.concatenate([p.frames for p in parts]),
                            [split for p in parts for split in p.splits])
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or the newest complete checkpoint of a run dir or its checkpoints/ dir."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = list_checkpoints(directory)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint (step-*.pt) in {directory}")
-    return found[-1][1]
 
 
 def load_network(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[HourglassNet, dict]:

@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hand import HandModel
 from shards.format import ShardsError
-from train.checkpoint import Checkpointer, check_model_config, load_model_weights, read_checkpoint
+from train.checkpoint import (CheckpointError, Checkpointer, check_model_config, load_model_weights, read_checkpoint,
+                              resolve_checkpoint)
 from train.config import TrainConfig, active_losses
 from train.data import build_streams
 from train.distributed import DistEnv, PreemptionFlag, all_gather_floats, first_error, is_distributed
@@ -192,7 +193,12 @@ class Trainer:
         return value  # type: ignore[return-value]
 
     def _load_init(self, path: str) -> None:
-        """The ``init`` key: model weights only (a fresh optimizer and schedule); CheckpointError if unusable."""
+        """The ``init`` key (a checkpoint or a run dir: its newest checkpoint): model weights only (a fresh
+        optimizer and schedule); CheckpointError if unusable."""
+        try:
+            path = str(resolve_checkpoint(path))
+        except FileNotFoundError as error:
+            raise CheckpointError(f"init: {error}") from error
         state = read_checkpoint(path)
         check_model_config(state, to_plain(self.cfg.model), path, "make the model section match")
         load_model_weights(self.net, state, path)

@@ -15,21 +15,27 @@ Definitions (``r`` = model sphere radii, ``d`` = distances between sphere centre
   hand model's radii) are mapped into the crop frame of every view j (``inv(cams[j]) @ cams[k]``) and
   (a) model-to-data: rendered with the analytic sphere renderer and compared with view j's observed depth,
   squared error (mm^2) where either image is foreground, averaged over all pixels;
-  (b) data-to-model: every foreground pixel of view j, back-projected to a 3D point, has the signed
-  distance s = min_i(|p - c_i| - r_i) to the spheres; the cost is ``projection_outside_scale *
-  min(s, projection_max_distance_mm)`` outside all spheres and ``projection_inside_scale * (-s)`` inside
-  one (an observed surface point inside a sphere means the model bulges through the data), averaged over
-  all pixels. Both parts are summed over the 3 x 3 (k, j) pairs and averaged over frames.
+  (b) data-to-model: every foreground pixel of view j, back-projected to a 3D point p, costs its unsigned
+  distance to the nearest sphere surface, ``min_i abs(|p - c_i| - r_i)``, clipped at
+  ``projection_max_distance_mm`` and times ``projection_data_scale``, averaged over all pixels (the
+  reference's definition; its clip is 50 mm, ours 20: see ``LossConfig``). Both parts are summed over the
+  view pairs and averaged over frames; ``projection_pairs`` picks the pairs (``schedule``: all 3 x 3 during
+  the consistency phase of an epoch, then only the same-view pairs, as the reference does).
 - ``consistency``: joints of the 3 views mapped to view 1's frame (``cams[k]``); MSE (mm^2) to their
-  per-coordinate median over views. Active only while ``step % epoch_steps < consistency_steps``.
+  per-coordinate median over views. Active only in the consistency phase, ``step % epoch_steps <
+  consistency_steps``.
 - ``prior``: negative ELBO (nats per pose) of the palm-centred joints / 100 under the frozen pose VAE
   of :mod:`train.prior`.
-- ``collision``: for every pair of spheres on different fingers (``hand.sphere_finger``; palm spheres
-  excluded) the penetration depth ``r_i + r_j - d_ij`` (mm) beyond an allowed ``collision_tolerance_mm``:
-  ``relu(r_i + r_j - d_ij - tolerance)^2``, summed over pairs, averaged over poses.
-- ``bone_length``: for every ``hand.bones`` pair the length l and its median m over all predicted poses
-  of the batch (all views, detached): ``relu(bone_min_ratio * m - l)^2 + relu(l - bone_max_ratio * m)^2``
-  (mm^2) averaged over poses and bones; zero for skeletons of one hand shape.
+- ``collision``: for every pair of :func:`collision_pairs` (spheres of different fingers, and palm and
+  finger spheres clear of each other at the rest pose) the penetration depth ``r_i + r_j - d_ij`` (mm)
+  beyond an allowed ``collision_tolerance_mm``: ``relu(r_i + r_j - d_ij - tolerance)^2``, summed over
+  pairs, averaged over poses.
+- ``bone_length``: for every rigid pair of :func:`rigid_pairs` (25 finger bones, 20 palm pairs) the
+  length l against its template length L at the hand model's rest pose:
+  ``relu(bone_min_ratio * L - l)^2 + relu(l - bone_max_ratio * L)^2`` (mm^2), averaged over poses and
+  pairs: absolute scale, and a rigid palm.
+- ``silhouette`` (off by default; not in the reference): see :class:`SilhouetteLoss`.
+- ``supervised`` (off by default): MSE (mm^2) of each view's predicted NYU joints against the labels.
 - ``heatmap_mean``: mean squared raw heatmap score on real images (the reference's "hm_mean": a weak L2
   pull of the pre-softmax scores towards zero, keeping real-image heatmaps in the value range the
   synthetic targets train so the temperature softmax does not saturate into a hard arg-max).
@@ -38,13 +44,15 @@ Definitions (``r`` = model sphere radii, ``d`` = distances between sphere centre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
+import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 from torch import nn
 from torch.nn import functional as F
 
-from geometry import background_depth, crop_to_pixels, invert_transform, pixels_to_crop, transform_points
+from geometry import background_depth, crop_to_pixels, invert_transform, mm_per_pixel, pixels_to_crop, transform_points
 from renderer_cuda import render_spheres
 from train.network import NetworkOutput
 from train.prior import load_prior, prior_inputs
@@ -53,6 +61,8 @@ if TYPE_CHECKING:  # only for annotations: the hand package is passed in by the 
     from hand import HandModel
 
 NUM_VIEWS = 3
+ProjectionPairs = Literal["schedule", "all", "same_view"]
+HandSize = Literal["template", "predicted"]
 
 
 @dataclass
@@ -76,26 +86,36 @@ class LossConfig:
     projection: TermConfig = _term(1.0)  # mutual projection, model-to-data + data-to-model (real)
     consistency: TermConfig = _term(1e-3)  # multi-view joint agreement, mm^2 (real)
     prior: TermConfig = _term(1e-2)  # pose VAE negative ELBO of joints / 100 (real)
-    collision: TermConfig = _term(1.0)  # inter-finger sphere penetration, mm^2 (real)
-    bone_length: TermConfig = _term(1.0)  # bone lengths outside the ratio band around the median (real)
+    collision: TermConfig = _term(1.0)  # finger-finger and palm-finger sphere penetration, mm^2 (real)
+    bone_length: TermConfig = _term(1.0)  # rigid pair lengths outside the band around the template (real)
     heatmap_mean: TermConfig = _term(1e-2)  # mean squared raw heatmap score (real)
+    # Not in the reference: sphere centres on the observed silhouette of every view, mm^2 (real).
+    silhouette: TermConfig = field(default_factory=lambda: TermConfig(1e-2, enabled=False))
+    supervised: TermConfig = field(default_factory=lambda: TermConfig(0.1, enabled=False))  # labelled real joints
     prior_path: str | None = None  # pose VAE file written by `python -m train.prior`
     heatmap_sigma_cells: float = 1.0  # std of the synthetic Gaussian heatmap targets, heatmap cells
-    projection_inside_scale: float = 500.0  # data-to-model cost per mm for data points inside a sphere
-    projection_outside_scale: float = 1.0  # same outside all spheres (the prototype scales both by 500)
-    projection_max_distance_mm: float = 50.0  # data-to-model distances are clipped here (outliers, arm)
+    projection_data_scale: float = 500.0  # data-to-model cost per mm of distance to the nearest sphere surface
+    # Data-to-model distances are clipped here: observed depth farther from every sphere (the forearm,
+    # clutter) costs a constant and pulls nothing. The reference clips at 50 mm; at 50 the forearm drags
+    # the fit off the hand (the fitting test), so the default is 20.
+    projection_max_distance_mm: float = 20.0
+    projection_pairs: ProjectionPairs = "schedule"  # view pairs: all 3 x 3 in the consistency phase, then same-view
+    # Sphere radii (projection) and bone lengths (bone_length) at the template's size (the reference) or
+    # scaled to each predicted hand (HandSizer).
+    hand_size: HandSize = "template"
     consistency_steps: int = 1500  # consistency is active for the first this many steps of each epoch
     epoch_steps: int = 2910  # steps per epoch (reference: 72,757 frames / 25); <= 0: consistency always on
     collision_tolerance_mm: float = 6.0  # sphere interpenetration allowed before collision costs
-    bone_min_ratio: float = 0.80  # bones shorter than this times the batch median cost
-    bone_max_ratio: float = 1.05  # bones longer than this times the batch median cost
+    bone_min_ratio: float = 0.80  # rigid pairs shorter than this times their template length cost
+    bone_max_ratio: float = 1.05  # rigid pairs longer than this times their template length cost
 
     def terms(self) -> dict[str, TermConfig]:
         return {name: getattr(self, name) for name in SYNTHETIC_TERMS + REAL_TERMS}
 
 
 SYNTHETIC_TERMS = ("synthetic_heatmap", "synthetic_depth")
-REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean")
+REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean", "silhouette",
+              "supervised")
 
 
 class HeatmapTargetLoss(nn.Module):
@@ -134,42 +154,95 @@ def view_to_view(cams: torch.Tensor) -> torch.Tensor:
     return invert_transform(cams)[:, :, None] @ cams[:, None, :]
 
 
+class HandSizer(nn.Module):
+    """The size of predicted hands relative to the template: per hand, the median over the finger bones of
+    predicted length / template length (detached, clamped to [0.6, 1.6]).
+
+    The fitting terms otherwise compare every subject with the template's sphere radii and bone lengths:
+    a hand 20% larger than the template can then lower the projection cost only by misplacing its joints
+    over the depth it cannot cover, and the bone band pulls it smaller."""
+
+    def __init__(self, bones: torch.Tensor, template: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("bones", bones.long().cpu(), persistent=False)
+        self.register_buffer("template", template.detach().float().cpu(), persistent=False)
+
+    def forward(self, joints: torch.Tensor) -> torch.Tensor:
+        """joints (..., J, 3) mm -> (...) scale factors."""
+        joints = joints.detach().float()
+        length = (joints[..., self.bones[:, 0], :] - joints[..., self.bones[:, 1], :]).norm(dim=-1)
+        return (length / self.template).median(dim=-1).values.clamp(0.6, 1.6)
+
+
+@dataclass
+class RealInputs:
+    """What every self-supervised term reads: one real batch and the network's predictions for it."""
+
+    stack_joints: list[torch.Tensor]  # per hourglass stack, (B, V, J, 3) mm, each view in its own crop frame
+    logits: list[torch.Tensor]  # per stack, (B * V, J, H, W) raw heatmap scores
+    depth: torch.Tensor  # (B, V, S, S) observed crop depth, mm
+    cams: torch.Tensor  # (B, V, 4, 4) view-k-to-view-1 transforms
+    labels: torch.Tensor | None  # (B, V, 36, 3) labelled joints (only the supervised term reads them)
+    consistency_phase: bool  # the first ``consistency_steps`` of an epoch: consistency on, all view pairs
+
+
 class ProjectionLoss(nn.Module):
     """Mutual projection of predicted spheres against observed depth (see the module docstring)."""
 
-    def __init__(self, radii: torch.Tensor, size: int, cube_mm: float, *, inside_scale: float,
-                 outside_scale: float, max_distance_mm: float) -> None:
+    def __init__(self, radii: torch.Tensor, size: int, cube_mm: float, *, data_scale: float,
+                 max_distance_mm: float, pairs: ProjectionPairs, sizer: HandSizer | None = None) -> None:
         super().__init__()
         self.register_buffer("radii", radii.detach().float().clone(), persistent=False)
         self.size, self.cube_mm = size, cube_mm
-        self.inside_scale, self.outside_scale, self.max_distance = inside_scale, outside_scale, max_distance_mm
+        self.data_scale, self.max_distance, self.pairs = data_scale, max_distance_mm, pairs
+        self.sizer = sizer  # None: the template radii; else radii scaled to each predicted hand
         self.background = background_depth(cube_mm)
 
-    def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
-        """joints (B, V, J, 3) mm, observed depth (B, V, S, S) mm, cams (B, V, 4, 4) -> scalar."""
-        centres = transform_points(view_to_view(cams.float()), joints.float()[:, None])  # (B, Vj, Vk, J, 3)
-        return self.model_to_data(centres, depth.float()) + self.data_to_model(centres, depth.float())
+    def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor, *,
+                cross_views: bool = True) -> torch.Tensor:
+        """joints (B, V, J, 3) mm, observed depth (B, V, S, S) mm, cams (B, V, 4, 4) -> scalar.
 
-    def model_to_data(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        batch, views, _, num, _ = centres.shape
+        ``cross_views``: every view's spheres in every view (3 x 3 pairs), else each view in its own only.
+        """
+        joints = joints.float()
+        radii = self.radii if self.sizer is None else self.radii * self.sizer(joints)[..., None]  # (J,) or (B, V, J)
+        radii = radii.expand(joints.shape[:-1])  # (B, Vk, J)
+        if cross_views:
+            centres = transform_points(view_to_view(cams.float()), joints[:, None])  # (B, Vj, Vk, J, 3)
+            radii = radii[:, None].expand(centres.shape[:-1])
+        else:
+            centres, radii = joints[:, :, None], radii[:, :, None]  # (B, V, 1, J, 3), (B, V, 1, J)
+        return self.model_to_data(centres, depth.float(), radii) + self.data_to_model(centres, depth.float(), radii)
+
+    def uses_cross_views(self, consistency_phase: bool) -> bool:
+        """Whether this step pairs views: always, never, or (``schedule``) during the consistency phase."""
+        return self.pairs == "all" or (self.pairs == "schedule" and consistency_phase)
+
+    def model_to_data(self, centres: torch.Tensor, depth: torch.Tensor,
+                      radii: torch.Tensor | None = None) -> torch.Tensor:
+        """centres (B, Vj, K, J, 3) in view j's frame (radii (B, Vj, K, J), default the template's) -> mean
+        squared depth difference, summed over pairs."""
+        batch, views, sources, num, _ = centres.shape
+        radii = (self.radii if radii is None else radii).expand(centres.shape[:-1]).reshape(-1, num)
         pixels = crop_to_pixels(centres, self.size, self.cube_mm).reshape(-1, num, 3)
-        rendered = render_spheres(pixels, self.radii, self.size, self.size, background=self.background,
+        rendered = render_spheres(pixels, radii, self.size, self.size, background=self.background,
                                   pixels_per_mm=self.size / self.cube_mm)
-        rendered = rendered.reshape(batch, views, views, self.size, self.size).clamp(max=self.background)
+        rendered = rendered.reshape(batch, views, sources, self.size, self.size).clamp(max=self.background)
         observed = depth[:, :, None]
         foreground = (rendered < self.background) | (observed < self.background)
         squared = torch.where(foreground, (rendered - observed) ** 2, torch.zeros_like(rendered))
         return squared.mean(dim=(-2, -1)).sum(dim=(1, 2)).mean()
 
-    def data_to_model(self, centres: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        batch, views, _, _, _ = centres.shape
+    def data_to_model(self, centres: torch.Tensor, depth: torch.Tensor,
+                      radii: torch.Tensor | None = None) -> torch.Tensor:
+        """Unsigned distance of each observed point to the nearest sphere surface, clipped, per pixel."""
+        radii = (self.radii if radii is None else radii).expand(centres.shape[:-1])[..., None, :]  # (B, Vj, K, 1, J)
         points = self.depth_points(depth)  # (B, Vj, P, 3)
-        # Squared distances via |p|^2 + |c|^2 - 2 p.c: (B, Vj, Vk, P, J) without a (..., 3) intermediate.
+        # Squared distances via |p|^2 + |c|^2 - 2 p.c: (B, Vj, K, P, J) without a (..., 3) intermediate.
         cross = points[:, :, None] @ centres.transpose(-1, -2)
         squared = (points ** 2).sum(-1)[:, :, None, :, None] + (centres ** 2).sum(-1)[..., None, :] - 2 * cross
-        signed = (squared.clamp_min(1e-6).sqrt() - self.radii).min(dim=-1).values  # (B, Vj, Vk, P)
-        cost = torch.where(signed < 0, -signed * self.inside_scale,
-                           signed.clamp(max=self.max_distance) * self.outside_scale)
+        surface = (squared.clamp_min(1e-6).sqrt() - radii).abs().min(dim=-1).values  # (B, Vj, K, P)
+        cost = surface.clamp(max=self.max_distance) * self.data_scale
         foreground = (depth < self.background).flatten(-2)[:, :, None]  # (B, Vj, 1, P)
         cost = torch.where(foreground, cost, torch.zeros_like(cost))
         return cost.mean(dim=-1).sum(dim=(1, 2)).mean()
@@ -181,6 +254,49 @@ class ProjectionLoss(nn.Module):
         uvz = torch.stack([u.expand_as(depth), v.expand_as(depth), depth], dim=-1)
         return pixels_to_crop(uvz, self.size, self.cube_mm).flatten(-3, -2)
 
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        cross = self.uses_cross_views(inputs.consistency_phase)
+        return sum(self(j, inputs.depth, inputs.cams, cross_views=cross) for j in inputs.stack_joints)
+
+
+class SilhouetteLoss(nn.Module):
+    """Every predicted sphere centre, mapped into every view, must fall on that view's observed hand.
+
+    Squared distance (mm^2) from the centre's crop pixel to the nearest observed foreground pixel (a
+    distance transform of the view's mask, sampled bilinearly), averaged over spheres and summed over
+    the 3 x 3 view pairs. The sphere renderer gives silhouettes no gradient; this term does, and with three
+    calibrated views it keeps predictions inside the visual hull even far from the truth.
+    """
+
+    def __init__(self, size: int, cube_mm: float) -> None:
+        super().__init__()
+        self.size, self.cube_mm = size, cube_mm
+        self.background = background_depth(cube_mm)
+
+    def distance_fields(self, depth: torch.Tensor) -> torch.Tensor:
+        """(B, V, S, S) crop depth -> (B, V, S, S) mm to the nearest foreground pixel (0 on the hand)."""
+        empty = (depth >= self.background).detach().cpu().numpy().reshape(-1, self.size, self.size)
+        fields = [distance_transform_edt(mask) if not mask.all() else np.zeros(mask.shape) for mask in empty]
+        stacked = torch.from_numpy(np.stack(fields)).to(depth.device, torch.float32)
+        return stacked.reshape(depth.shape) * mm_per_pixel(self.size, self.cube_mm)
+
+    def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor,
+                fields: torch.Tensor | None = None) -> torch.Tensor:
+        """joints (B, V, J, 3) mm, observed depth (B, V, S, S) mm, cams (B, V, 4, 4) -> scalar."""
+        fields = self.distance_fields(depth) if fields is None else fields
+        batch, views, num = joints.shape[0], joints.shape[1], joints.shape[2]
+        centres = transform_points(view_to_view(cams.float()), joints.float()[:, None])  # (B, Vj, Vk, J, 3)
+        # grid_sample, align_corners=False: crop pixel coordinate u maps to 2 u / S - 1.
+        grid = crop_to_pixels(centres, self.size, self.cube_mm)[..., :2] * (2.0 / self.size) - 1.0
+        sampled = F.grid_sample(fields.reshape(batch * views, 1, self.size, self.size),
+                                grid.reshape(batch * views, views * num, 1, 2), mode="bilinear",
+                                padding_mode="border", align_corners=False)
+        return sampled.reshape(batch, views, views, num).pow(2).mean(dim=-1).sum(dim=(1, 2)).mean()
+
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        fields = self.distance_fields(inputs.depth)
+        return sum(self(j, inputs.depth, inputs.cams, fields) for j in inputs.stack_joints)
+
 
 class ConsistencyLoss(nn.Module):
     """MSE (mm^2) of each view's joints, mapped to view 1, to the per-coordinate median over views."""
@@ -190,8 +306,20 @@ class ConsistencyLoss(nn.Module):
         centre = common.median(dim=1, keepdim=True).values
         return F.mse_loss(common, centre.expand_as(common))
 
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        if not inputs.consistency_phase:
+            return inputs.depth.new_zeros(())
+        return sum(self(j, inputs.cams) for j in inputs.stack_joints)
 
-class PriorLoss(nn.Module):
+
+class PoseTerm(nn.Module):
+    """A term on predicted poses alone, (N, J, 3) mm -> scalar; ``real`` sums it over views and stacks."""
+
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        return sum(self(j.flatten(0, 1)) for j in inputs.stack_joints)
+
+
+class PriorLoss(PoseTerm):
     """Negative ELBO of palm-centred joints / 100 under a frozen pose VAE."""
 
     def __init__(self, vae: nn.Module) -> None:
@@ -207,22 +335,28 @@ class PriorLoss(nn.Module):
         return self.vae.negative_elbo(prior_inputs(joints.float())).mean()
 
 
-def _finger_pairs(sphere_finger: torch.Tensor) -> torch.Tensor:
-    finger = sphere_finger.long()
+def collision_pairs(hand: HandModel, tolerance_mm: float) -> torch.Tensor:
+    """(P, 2) sphere pairs that may not interpenetrate: spheres of different fingers, and palm and finger
+    spheres that are clear of each other at the rest pose (a knuckle sphere overlaps the palm by design)."""
+    finger = hand.sphere_finger.long().cpu()
     first, second = torch.triu_indices(len(finger), len(finger), offset=1)
-    keep = (finger[first] >= 0) & (finger[second] >= 0) & (finger[first] != finger[second])
+    fingers = (finger[first] >= 0) & (finger[second] >= 0) & (finger[first] != finger[second])
+    rest = hand.keypoints(torch.zeros(1, hand.num_params, device=hand.radii.device))[0].detach().cpu().float()
+    radii = hand.radii.detach().cpu().float()
+    clear = radii[first] + radii[second] - (rest[first] - rest[second]).norm(dim=-1) <= tolerance_mm
+    palm_finger = ((finger[first] < 0) != (finger[second] < 0)) & clear
+    keep = fingers | palm_finger
     return torch.stack([first[keep], second[keep]], dim=1)
 
 
-class CollisionLoss(nn.Module):
-    """Squared interpenetration of spheres on different fingers beyond a tolerance (mm^2)."""
+class CollisionLoss(PoseTerm):
+    """Squared interpenetration beyond a tolerance (mm^2) of the pairs of :func:`collision_pairs`."""
 
-    def __init__(self, radii: torch.Tensor, sphere_finger: torch.Tensor, tolerance_mm: float) -> None:
+    def __init__(self, radii: torch.Tensor, pairs: torch.Tensor, tolerance_mm: float) -> None:
         super().__init__()
-        pairs = _finger_pairs(sphere_finger.cpu())
-        self.register_buffer("pairs", pairs, persistent=False)
+        self.register_buffer("pairs", pairs.long().cpu(), persistent=False)
         radii = radii.detach().float().cpu()
-        self.register_buffer("touching", radii[pairs[:, 0]] + radii[pairs[:, 1]], persistent=False)
+        self.register_buffer("touching", radii[self.pairs[:, 0]] + radii[self.pairs[:, 1]], persistent=False)
         self.tolerance = tolerance_mm
 
     def forward(self, joints: torch.Tensor) -> torch.Tensor:
@@ -232,22 +366,32 @@ class CollisionLoss(nn.Module):
         return F.relu(self.touching - distance - self.tolerance).pow(2).sum(dim=-1).mean()
 
 
-class BoneLengthLoss(nn.Module):
-    """Bone lengths outside [min_ratio, max_ratio] x their batch median (mm^2)."""
+class BoneLengthLoss(PoseTerm):
+    """Lengths of rigid sphere pairs (finger bones, palm) outside [min_ratio, max_ratio] x template (mm^2)."""
 
-    def __init__(self, bones: torch.Tensor, min_ratio: float, max_ratio: float) -> None:
+    def __init__(self, pairs: torch.Tensor, template: torch.Tensor, min_ratio: float, max_ratio: float,
+                 sizer: HandSizer | None = None) -> None:
         super().__init__()
-        self.register_buffer("bones", bones.long().cpu(), persistent=False)
+        self.register_buffer("pairs", pairs.long().cpu(), persistent=False)
+        self.register_buffer("template", template.detach().float().cpu(), persistent=False)
         self.min_ratio, self.max_ratio = min_ratio, max_ratio
+        self.sizer = sizer  # None: absolute template lengths; else scaled to each predicted hand
 
     def forward(self, joints: torch.Tensor) -> torch.Tensor:
         """joints (N, J, 3) mm -> scalar."""
         joints = joints.float()
-        length = (joints[:, self.bones[:, 0]] - joints[:, self.bones[:, 1]]).norm(dim=-1)  # (N, K)
-        median = length.detach().median(dim=0).values
-        short = F.relu(self.min_ratio * median - length)
-        long = F.relu(length - self.max_ratio * median)
+        length = (joints[:, self.pairs[:, 0]] - joints[:, self.pairs[:, 1]]).norm(dim=-1)  # (N, K)
+        template = self.template if self.sizer is None else self.template * self.sizer(joints)[:, None]
+        short = F.relu(self.min_ratio * template - length)
+        long = F.relu(length - self.max_ratio * template)
         return (short ** 2 + long ** 2).mean()
+
+
+def rigid_pairs(hand: HandModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The finger bones and the palm's rigid pairs (45, 2) with their template lengths (mm) at the rest pose."""
+    pairs = torch.cat([hand.bones, hand.palm_pairs]).long().cpu()
+    rest = hand.keypoints(torch.zeros(1, hand.num_params, device=hand.radii.device))[0].detach().cpu().float()
+    return pairs, (rest[pairs[:, 0]] - rest[pairs[:, 1]]).norm(dim=-1)
 
 
 class HeatmapMeanLoss(nn.Module):
@@ -255,6 +399,21 @@ class HeatmapMeanLoss(nn.Module):
 
     def forward(self, logits: list[torch.Tensor]) -> torch.Tensor:
         return sum(score.float().pow(2).mean() for score in logits)
+
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        if not inputs.logits:
+            raise ValueError("loss.heatmap_mean needs NetworkOutput.logits (the raw heatmap scores)")
+        return self(inputs.logits)
+
+
+class SupervisedJointLoss(nn.Module):
+    """MSE (mm^2) of each view's predicted NYU joints against its labels, summed over stacks."""
+
+    def real(self, inputs: RealInputs) -> torch.Tensor:
+        if inputs.labels is None:
+            raise ValueError("loss.supervised needs labelled real frames (batch['joints'])")
+        labels = inputs.labels.float()
+        return sum(F.mse_loss(j[..., :labels.shape[-2], :].float(), labels) for j in inputs.stack_joints)
 
 
 class Losses(nn.Module):
@@ -266,17 +425,23 @@ class Losses(nn.Module):
         self.cfg = cfg
         self.weights = {name: float(term.weight) for name, term in cfg.terms().items() if term.enabled}
         radii = hand.radii.detach().float().cpu()
+        pairs, template = rigid_pairs(hand)
+        bones = len(hand.bones)  # rigid_pairs lists the finger bones first
+        sizer = HandSizer(pairs[:bones], template[:bones]) if cfg.hand_size == "predicted" else None
         modules: dict[str, Callable[[], nn.Module]] = {
             "synthetic_heatmap": lambda: HeatmapTargetLoss(size, cube_mm, cfg.heatmap_sigma_cells),
             "synthetic_depth": JointDepthLoss,
             "projection": lambda: ProjectionLoss(
-                radii, size, cube_mm, inside_scale=cfg.projection_inside_scale,
-                outside_scale=cfg.projection_outside_scale, max_distance_mm=cfg.projection_max_distance_mm),
+                radii, size, cube_mm, data_scale=cfg.projection_data_scale,
+                max_distance_mm=cfg.projection_max_distance_mm, pairs=cfg.projection_pairs, sizer=sizer),
             "consistency": ConsistencyLoss,
             "prior": lambda: PriorLoss(vae),
-            "collision": lambda: CollisionLoss(radii, hand.sphere_finger, cfg.collision_tolerance_mm),
-            "bone_length": lambda: BoneLengthLoss(hand.bones, cfg.bone_min_ratio, cfg.bone_max_ratio),
+            "collision": lambda: CollisionLoss(radii, collision_pairs(hand, cfg.collision_tolerance_mm),
+                                               cfg.collision_tolerance_mm),
+            "bone_length": lambda: BoneLengthLoss(pairs, template, cfg.bone_min_ratio, cfg.bone_max_ratio, sizer),
             "heatmap_mean": HeatmapMeanLoss,
+            "silhouette": lambda: SilhouetteLoss(size, cube_mm),
+            "supervised": SupervisedJointLoss,
         }
         self.terms = nn.ModuleDict({name: make() for name, make in modules.items() if name in self.weights})
 
@@ -298,7 +463,7 @@ class Losses(nn.Module):
         return result
 
     def consistency_active(self, step: int) -> bool:
-        """Whether the multi-view consistency term applies at this global step."""
+        """Whether this global step is in the consistency phase of its epoch (consistency, all view pairs)."""
         if self.cfg.epoch_steps <= 0:
             return True
         return step % self.cfg.epoch_steps < self.cfg.consistency_steps
@@ -307,31 +472,18 @@ class Losses(nn.Module):
         """Self-supervised terms; output holds B * 3 view images, view-major per frame (index b * 3 + k)."""
         device = output.joints.device
         depth = batch["depth"].to(device, torch.float32, non_blocking=True)
-        cams = batch["cams"].to(device, torch.float32, non_blocking=True)
         frames = depth.shape[0]
         if output.joints.shape[0] != frames * NUM_VIEWS:
             raise ValueError(f"network output has {output.joints.shape[0]} images for {frames} frames of "
                              f"{NUM_VIEWS} views; feed batch['depth'].reshape(-1, 1, S, S)")
-        per_view = [j.reshape(frames, NUM_VIEWS, *j.shape[1:]) for j in _stack_joints(output)]
-        flat = [j.reshape(-1, *j.shape[2:]) for j in per_view]
-        result = {}
-        for name in REAL_TERMS:
-            if name not in self.terms:
-                continue
-            term = self.terms[name]
-            if name == "projection":
-                value = sum(term(j, depth, cams) for j in per_view)
-            elif name == "consistency":
-                active = self.consistency_active(step)
-                value = sum(term(j, cams) for j in per_view) if active else torch.zeros((), device=device)
-            elif name == "heatmap_mean":
-                if not output.logits:
-                    raise ValueError("loss.heatmap_mean needs NetworkOutput.logits (the raw heatmap scores)")
-                value = term(output.logits)
-            else:
-                value = sum(term(j) for j in flat)
-            result[name] = self._weighted(name, value)
-        return result
+        labels = batch.get("joints")
+        inputs = RealInputs(
+            stack_joints=[j.reshape(frames, NUM_VIEWS, *j.shape[1:]) for j in _stack_joints(output)],
+            logits=output.logits, depth=depth, cams=batch["cams"].to(device, torch.float32, non_blocking=True),
+            labels=None if labels is None else labels.to(device, torch.float32, non_blocking=True),
+            consistency_phase=self.consistency_active(step))
+        return {name: self._weighted(name, self.terms[name].real(inputs)) for name in REAL_TERMS
+                if name in self.terms}
 
 
 def _stack_joints(output: NetworkOutput) -> list[torch.Tensor]:

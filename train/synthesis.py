@@ -31,6 +31,11 @@ class SynthesisConfig:
 
     supersample: int = 1  # rasterizer supersampling factor per axis (1: one sample per pixel)
     backend: Backend = "auto"  # rasterizer backend (renderer_cuda.BACKENDS): auto, cuda, cpu or torch
+    # Fraction of samples rendered with a forearm (real crops show one; the hand mesh ends at the wrist).
+    forearm: float = 0.0
+    # Hand size augmentation: each sample's global scale times a factor uniform in [1 - this, 1 + this]
+    # (real subjects' hands differ from the shards' shape spread; the labels scale with the hand).
+    scale_jitter: float = 0.0
 
 
 def jitter_offset_mm(augment: torch.Tensor, size: int, cube_mm: float) -> torch.Tensor:
@@ -39,6 +44,34 @@ def jitter_offset_mm(augment: torch.Tensor, size: int, cube_mm: float) -> torch.
     offset = torch.zeros(augment.shape[0], 3, dtype=augment.dtype, device=augment.device)
     offset[:, :2] = pixels * mm_per_pixel(size, cube_mm)
     return offset
+
+
+FOREARM_RADII_MM = ((24.0, 36.0), (16.0, 25.0))  # half-width ranges across and through the arm
+FOREARM_FLEXION_RAD = 0.5  # wrist flexion drawn in [-this, this]
+
+
+@dataclass
+class Variation:
+    """Per-sample render variations drawn at synthesis time: hand scale factor (B,), forearm radii (B, 2) mm
+    (zero: no arm) and wrist flexion (B,) rad."""
+
+    scale: torch.Tensor
+    forearm_radii: torch.Tensor
+    wrist_flexion: torch.Tensor
+
+
+def draw_variation(augment: torch.Tensor, cfg: SynthesisConfig) -> Variation:
+    """Drawn on the CPU from each noise_seed (a stream apart from the sensor noise's, so the noise of a
+    sample stays the same whatever these settings are)."""
+    scale, radii, flexion = [], [], []
+    for row in augment.detach().cpu():
+        generator = torch.Generator().manual_seed(int(row[_FIELD["noise_seed"]].item()) ^ 0x5EED_A12A)
+        draws = torch.rand(5, generator=generator, dtype=torch.float64).tolist()
+        present = float(draws[0] < cfg.forearm)
+        radii.append([present * (lo + (hi - lo) * u) for (lo, hi), u in zip(FOREARM_RADII_MM, draws[1:3])])
+        flexion.append(FOREARM_FLEXION_RAD * (2 * draws[3] - 1))
+        scale.append(1 + cfg.scale_jitter * (2 * draws[4] - 1))
+    return Variation(torch.tensor(scale), torch.tensor(radii), torch.tensor(flexion))
 
 
 def sensor_noise(augment: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +103,15 @@ class Synthesizer:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        augment = batch["augment"].to(self.device, torch.float32)
+        device = self.device
+        augment = batch["augment"].to(device, torch.float32)
+        variation = draw_variation(augment, self.cfg)
+        shape = batch["shape"].to(device, torch.float32).clone()
+        shape[:, 0] *= variation.scale.to(device, shape.dtype)
+        forearm = (variation.forearm_radii, variation.wrist_flexion) if self.cfg.forearm > 0 else None
         offset = jitter_offset_mm(augment, self.size, self.cube_mm)[:, None, :]
-        depth, keypoints = render_mesh_depth(self.hand, batch["pose"], batch["shape"], size=self.size,
-                                             cube_mm=self.cube_mm, offset_mm=offset,
+        depth, keypoints = render_mesh_depth(self.hand, batch["pose"], shape, size=self.size,
+                                             cube_mm=self.cube_mm, offset_mm=offset, forearm=forearm,
                                              supersample=self.cfg.supersample, backend=self.cfg.backend)
         depth = self._add_noise(depth, augment)
         return depth[:, None], keypoints

@@ -1,0 +1,270 @@
+"""Does training by fitting work? Synthetic-only vs self-supervised vs supervised fine-tuning on fake NYU.
+
+    python benchmarks/selfsup.py [--seeds 3] [--ablation] [--label-free] [--quick] [--work DIR] [--json]
+
+For each seed: synthetic pretraining (``configs/synthetic-cpu.yaml``), then three fine-tunings from it for
+the same number of steps (``configs/selfsup-cpu.yaml``): synthetic-only continued (the real terms off),
+self-supervised (the unlabelled fake-NYU train split, the shipped terms) and supervised (the real
+frames' labels instead of the fitting terms: the upper bound). All runs are 2-process torchrun runs,
+evaluated on the fake-NYU test split (100 frames, 2 subjects) and on a validation split (more frames of
+the train subject, ``fake-nyu --seed 1``: settings were chosen on it, never on test).
+
+``--ablation``: self-supervised fine-tuning with each fitting term off in turn, and with the options
+that deviate from the reference (``VARIANTS``) on (first seed).
+``--label-free``: self-supervised fine-tuning on shards cropped at the depth centre of mass with one fixed
+camera calibration (``shards nyu --center com --cameras fixed``) instead of labelled centres and per-frame
+cameras (first seed; evaluated on the test split cropped the same way).
+``--quick``: small data and short runs, for the test that runs a reduced comparison.
+Prints a markdown table (also written to ``--notes``) and, with ``--json``, one JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from machine import describe_machine
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_TERMS_OFF = ["loss.projection.enabled=false", "loss.consistency.enabled=false", "loss.collision.enabled=false",
+                  "loss.bone_length.enabled=false", "loss.heatmap_mean.enabled=false", "loss.prior.enabled=false"]
+ABLATED_TERMS = ("projection", "consistency", "collision", "bone_length", "heatmap_mean")
+# Options beside the reference's choices (first seed): deviations measured, not shipped as defaults.
+VARIANTS = {"hand_size=predicted": ["loss.hand_size=predicted"],
+            "all view pairs, consistency every step": ["loss.projection_pairs=all", "loss.epoch_steps=0"]}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Data and run lengths of one benchmark flavour."""
+
+    train_frames: int
+    val_frames: int
+    test_frames: int
+    synthetic_samples: int
+    pretrain_steps: int
+    finetune_steps: int
+
+
+FULL = Sizes(train_frames=256, val_frames=64, test_frames=100, synthetic_samples=8000, pretrain_steps=1500,
+             finetune_steps=300)
+QUICK = Sizes(train_frames=64, val_frames=16, test_frames=100, synthetic_samples=2000, pretrain_steps=600,
+              finetune_steps=150)
+
+
+def python(*args: str, log: Path | None = None) -> None:
+    """Run ``python ARGS`` from the repository root; on failure exit with the tail of its output."""
+    command = [sys.executable, *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr)[-4000:]
+        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{output}")
+
+
+def build_data(work: Path, sizes: Sizes, label_free: bool) -> dict[str, Path]:
+    """Fake-NYU train/test and a validation split of the train subject, their shards, synthetic shards."""
+    paths = {"raw": work / "fake-nyu", "val_raw": work / "fake-nyu-val", "nyu": work / "nyu", "val": work / "val",
+             "synth": work / "synth", "nyu_label_free": work / "nyu-com-fixed"}
+    if not (paths["nyu"] / "test" / "manifest.json").exists():
+        python("-m", "shards", "fake-nyu", "--out", str(paths["raw"]), "--train", str(sizes.train_frames),
+               "--test", str(sizes.test_frames), "--seed", "0")
+        python("-m", "shards", "nyu", "--nyu-root", str(paths["raw"]), "--out", str(paths["nyu"]),
+               "--samples-per-shard", "32", "--workers", "2")
+    if not (paths["val"] / "train" / "manifest.json").exists():
+        python("-m", "shards", "fake-nyu", "--out", str(paths["val_raw"]), "--train", str(sizes.val_frames),
+               "--test", "0", "--seed", "1")
+        python("-m", "shards", "nyu", "--nyu-root", str(paths["val_raw"]), "--out", str(paths["val"]),
+               "--samples-per-shard", "32", "--workers", "2")
+    if label_free and not (paths["nyu_label_free"] / "test" / "manifest.json").exists():
+        python("-m", "shards", "nyu", "--nyu-root", str(paths["raw"]), "--out", str(paths["nyu_label_free"]),
+               "--center", "com", "--cameras", "fixed", "--samples-per-shard", "32", "--workers", "2")
+    if not (paths["synth"] / "manifest.json").exists():
+        python("-m", "shards", "synthetic", "--out", str(paths["synth"]), "--num-samples",
+               str(sizes.synthetic_samples), "--samples-per-shard", "500", "--workers", "2")
+    return paths
+
+
+def train(config: str, run_dir: Path, overrides: list[str]) -> None:
+    if not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("step-*.pt")):
+        python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train", "--config",
+               config, f"run.dir={run_dir}", *overrides, log=run_dir / "train.log")
+
+
+def evaluate(run_dir: Path, split: Path, name: str) -> float:
+    out = run_dir / f"eval-{name}"
+    if not (out / "metrics.json").exists():
+        python("-m", "train.evaluate", "--checkpoint", str(run_dir), "--data", str(split), "--out", str(out),
+               "--num-workers", "0")
+    return float(json.loads((out / "metrics.json").read_text())["mean_error_mm"])
+
+
+def per_subject(run_dir: Path, split: Path, frames: int) -> dict[str, float]:
+    """Test error of each fake-NYU subject: the first ~30% of the test frames show the train subject, the
+    rest a smaller second hand (as NYU's test split does; ``shards.fake_nyu.subject_of``)."""
+    sys.path.insert(0, str(ROOT))
+    from shards.fake_nyu import subject_of
+    from shards.reader import make_loader
+    from train.evaluate import collect_errors, load_network
+
+    net, _ = load_network(run_dir)
+    loader = make_loader(split, batch_size=64, batches_per_epoch=None, num_workers=0, resampled=False)
+    collected = collect_errors(net, loader)
+    subjects = [subject_of("test", int(frame) - 1, frames) for frame in collected.frames]
+    return {str(s): float(collected.errors[[x == s for x in subjects]].mean()) for s in sorted(set(subjects))}
+
+
+def synthetic_error(run_dir: Path) -> float:
+    """The last held-out synthetic error the run logged."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["eval/synthetic/mean_error_mm"] for r in records if "eval/synthetic/mean_error_mm" in r][-1]
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    return sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
+
+
+def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path) -> dict:
+    pretrain = work / f"seed{seed}" / "synthetic"
+    train("configs/synthetic-cpu.yaml", pretrain,
+          [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}",
+           f"run.steps={sizes.pretrain_steps}", f"checkpoint.every={sizes.pretrain_steps}",
+           f"eval.every={sizes.pretrain_steps}"])
+    row = {"seed": seed, "pretrained": {"test": evaluate(pretrain, paths["nyu"] / "test", "test"),
+                                        "val": evaluate(pretrain, paths["val"] / "train", "val"),
+                                        "subjects": per_subject(pretrain, paths["nyu"] / "test", sizes.test_frames),
+                                        "synthetic": synthetic_error(pretrain)}}
+    for name, extra in finetunings(paths).items():
+        row[name] = finetune(name, seed, pretrain, paths, sizes, work, extra)
+    return row
+
+
+def finetunings(paths: dict[str, Path]) -> dict[str, list[str]]:
+    return {"synthetic_only": REAL_TERMS_OFF + ["data.real_batch=0"],
+            "self_supervised": [],
+            "supervised": REAL_TERMS_OFF + ["loss.supervised.enabled=true"]}
+
+
+def finetune(name: str, seed: int, pretrain: Path, paths: dict[str, Path], sizes: Sizes, work: Path,
+             extra: list[str], real: Path | None = None) -> dict:
+    real = real or paths["nyu"]
+    run_dir = work / f"seed{seed}" / name
+    train("configs/selfsup-cpu.yaml", run_dir,
+          [f"init={newest_checkpoint(pretrain)}", f"data.synthetic={paths['synth']}", f"data.real={real}",
+           f"run.seed={seed}", f"run.steps={sizes.finetune_steps}", f"checkpoint.every={sizes.finetune_steps}",
+           f"eval.every={sizes.finetune_steps}", *extra])
+    return {"test": evaluate(run_dir, real / "test", "test"), "val": evaluate(run_dir, paths["val"] / "train", "val"),
+            "subjects": per_subject(run_dir, real / "test", sizes.test_frames)}
+
+
+def spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def report(result: dict) -> str:
+    seeds = result["seeds"]
+    names = ("pretrained", "synthetic_only", "self_supervised", "supervised")
+    lines = [f"Machine: {result['machine']}; {result['date']}; sizes: {result['sizes']}", "",
+             "Mean joint error (mm, NYU's 14 evaluation joints, view 1). Rows per seed, then mean ± standard "
+             "deviation over seeds.", "",
+             "| seed | " + " | ".join(f"{n} test | {n} val" for n in names) + " |",
+             "| --- |" + " ---: | ---: |" * len(names)]
+    for row in seeds:
+        lines.append(f"| {row['seed']} | " + " | ".join(f"{row[n]['test']:.1f} | {row[n]['val']:.1f}" for n in names)
+                     + " |")
+    lines.append("| mean ± sd | " + " | ".join(f"{spread([r[n]['test'] for r in seeds])} | "
+                                               f"{spread([r[n]['val'] for r in seeds])}" for n in names) + " |")
+    lines += ["", "Test error by subject (1: the train subject, 30 frames; 2: the smaller second hand, 70 frames), "
+              "mean over seeds:", "", "| model | subject 1 | subject 2 |", "| --- | ---: | ---: |"]
+    for n in names:
+        lines.append(f"| {n} | {spread([r[n]['subjects']['1'] for r in seeds])} | "
+                     f"{spread([r[n]['subjects']['2'] for r in seeds])} |")
+    summary = result["summary"]
+    lines += ["", f"- mean pose (constant predictor) on test: {result['mean_pose_test']:.1f} mm",
+              f"- domain gap of the pretrained model: {summary['synthetic_heldout']:.1f} mm on held-out synthetic "
+              f"data vs {summary['pretrained_test']:.1f} mm on the fake-NYU test split",
+              f"- self-supervised minus synthetic-only (test): {summary['gain_mm']:+.1f} mm "
+              f"(spread between seeds: {summary['seed_spread_mm']:.1f} mm)",
+              f"- share of the synthetic-only to supervised gap closed by self-supervision (test): "
+              f"{100 * summary['gap_share']:.0f}%"]
+    if result.get("ablation"):
+        lines += ["", "Ablation (seed 0, self-supervised with one term off):", "",
+                  "| term off | test | val | test subject 1 | test subject 2 |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {row['test']:.1f} | {row['val']:.1f} | {row['subjects']['1']:.1f} | "
+                  f"{row['subjects']['2']:.1f} |" for name, row in result["ablation"].items()]
+    if result.get("variants"):
+        lines += ["", "Variants (seed 0, self-supervised with one option changed):", "",
+                  "| option | test | val | test subject 1 | test subject 2 |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {row['test']:.1f} | {row['val']:.1f} | {row['subjects']['1']:.1f} | "
+                  f"{row['subjects']['2']:.1f} |" for name, row in result["variants"].items()]
+    if result.get("label_free"):
+        row = result["label_free"]
+        lines += ["", f"Label-free shards (`--center com --cameras fixed`, seed 0): self-supervised "
+                      f"{row['test']:.1f} mm on their test split (val {row['val']:.1f}); labelled centres and "
+                      f"per-frame cameras: {seeds[0]['self_supervised']['test']:.1f} mm."]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(seeds: list[dict]) -> dict:
+    mean = lambda name, split="test": statistics.mean(r[name][split] for r in seeds)  # noqa: E731
+    gains = [r["synthetic_only"]["test"] - r["self_supervised"]["test"] for r in seeds]
+    spreads = [statistics.stdev(r[n]["test"] for r in seeds) for n in ("synthetic_only", "self_supervised")] \
+        if len(seeds) > 1 else [0.0]
+    gap = mean("synthetic_only") - mean("supervised")
+    return {"gain_mm": statistics.mean(gains), "seed_spread_mm": max(spreads),
+            "gap_share": (mean("synthetic_only") - mean("self_supervised")) / gap if gap > 0 else 0.0,
+            "synthetic_heldout": statistics.mean(r["pretrained"]["synthetic"] for r in seeds),
+            "pretrained_test": mean("pretrained")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--ablation", action="store_true", help="each fitting term off in turn (first seed)")
+    parser.add_argument("--label-free", action="store_true", help="centre-of-mass crops, fixed cameras")
+    parser.add_argument("--quick", action="store_true", help="small data, short runs")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "selfsup")
+    parser.add_argument("--notes", type=Path, default=ROOT / "runs" / "bench" / "selfsup.md")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    paths = build_data(args.work, sizes, args.label_free)
+    seeds = [run_seed(seed, paths, sizes, args.work) for seed in range(args.seeds)]
+    sys.path.insert(0, str(ROOT))
+    from train.report import mean_pose_metrics
+
+    result = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "sizes": vars(sizes) | {},
+              "seeds": seeds, "summary": summarise(seeds),
+              "mean_pose_test": mean_pose_metrics(paths["nyu"])[0]["mean_error_mm"]}
+    pretrain = args.work / "seed0" / "synthetic"
+    if args.ablation:
+        base = finetunings(paths)["self_supervised"]
+        result["ablation"] = {term: finetune(f"without_{term}", 0, pretrain, paths, sizes, args.work,
+                                             base + [f"loss.{term}.enabled=false"]) for term in ABLATED_TERMS}
+        result["variants"] = {name: finetune(f"variant_{index}", 0, pretrain, paths, sizes, args.work, base + extra)
+                              for index, (name, extra) in enumerate(VARIANTS.items())}
+    if args.label_free:
+        result["label_free"] = finetune("self_supervised_label_free", 0, pretrain, paths, sizes, args.work,
+                                        finetunings(paths)["self_supervised"], real=paths["nyu_label_free"])
+    text = report(result)
+    print(text)
+    args.notes.parent.mkdir(parents=True, exist_ok=True)
+    args.notes.write_text("# Training by fitting (benchmarks/selfsup.py)\n\n" + text)
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
