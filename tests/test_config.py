@@ -11,6 +11,7 @@ import yaml
 
 from tests.test_train_data import write_nyu_split
 from train.config import ConfigError, TrainConfig, dump_config, load_config, validate
+from train.losses import LossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -22,12 +23,17 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_every_shipped_config_loads():
-    assert {p.name for p in CONFIGS} >= {"ci.yaml", "synthetic.yaml", "selfsup.yaml"}
+    assert {p.name for p in CONFIGS} >= {"ci.yaml", "synthetic.yaml", "selfsup.yaml", "synthetic-cpu.yaml",
+                                         "selfsup-cpu.yaml"}
     for path in CONFIGS:
         cfg = load_config(path)
         assert isinstance(cfg, TrainConfig)
     selfsup = load_config(ROOT / "configs/selfsup.yaml")
-    assert all(term.enabled for term in selfsup.loss.terms().values()), "selfsup.yaml turns every term on"
+    reference = [name for name, term in LossConfig().terms().items() if term.enabled]  # the opt-in ones stay off
+    assert all(selfsup.loss.terms()[name].enabled for name in reference), "selfsup.yaml turns every reference term on"
+    assert not selfsup.loss.supervised.enabled, "the shipped self-supervised config reads no labels"
+    stage_1 = load_config(ROOT / "configs/synthetic-cpu.yaml")
+    assert load_config(ROOT / "configs/selfsup-cpu.yaml").model == stage_1.model  # stage 2 starts from stage 1
 
 
 def test_every_shipped_config_validates_with_its_data(tmp_path):
