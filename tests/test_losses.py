@@ -73,13 +73,11 @@ def test_defaults_are_the_reference_weights() -> None:
     cfg = LossConfig()
     weights = {name: term.weight for name, term in cfg.terms().items()}
     assert weights == {"synthetic_heatmap": 1e3, "synthetic_depth": 0.1, "projection": 1.0, "consistency": 1e-3,
-                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2, "silhouette": 1e-2,
-                       "supervised": 0.1}
-    # Opt-in: the silhouette term (not in the reference) and the labels.
-    assert [name for name, term in cfg.terms().items() if not term.enabled] == ["silhouette", "supervised"]
+                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2, "supervised": 0.1}
+    assert [name for name, term in cfg.terms().items() if not term.enabled] == ["supervised"]  # labels: opt-in
     assert (cfg.consistency_steps, cfg.collision_tolerance_mm, cfg.bone_min_ratio, cfg.bone_max_ratio) == \
         (1500, 6.0, 0.80, 1.05)
-    assert (cfg.projection_data_scale, cfg.projection_pairs) == (500.0, "schedule")
+    assert (cfg.projection_data_scale, cfg.projection_pairs, cfg.hand_size) == (500.0, "schedule", "template")
 
 
 def test_heatmap_targets_peak_at_the_keypoint_cell() -> None:

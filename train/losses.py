@@ -34,7 +34,6 @@ Definitions (``r`` = model sphere radii, ``d`` = distances between sphere centre
   length l against its template length L at the hand model's rest pose:
   ``relu(bone_min_ratio * L - l)^2 + relu(l - bone_max_ratio * L)^2`` (mm^2), averaged over poses and
   pairs: absolute scale, and a rigid palm.
-- ``silhouette`` (off by default; not in the reference): see :class:`SilhouetteLoss`.
 - ``supervised`` (off by default): MSE (mm^2) of each view's predicted NYU joints against the labels.
 - ``heatmap_mean``: mean squared raw heatmap score on real images (the reference's "hm_mean": a weak L2
   pull of the pre-softmax scores towards zero, keeping real-image heatmaps in the value range the
@@ -46,13 +45,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal
 
-import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
 from torch import nn
 from torch.nn import functional as F
 
-from geometry import background_depth, crop_to_pixels, invert_transform, mm_per_pixel, pixels_to_crop, transform_points
+from geometry import background_depth, crop_to_pixels, invert_transform, pixels_to_crop, transform_points
 from renderer_cuda import render_spheres
 from train.network import NetworkOutput
 from train.prior import load_prior, prior_inputs
@@ -89,8 +86,6 @@ class LossConfig:
     collision: TermConfig = _term(1.0)  # finger-finger and palm-finger sphere penetration, mm^2 (real)
     bone_length: TermConfig = _term(1.0)  # rigid pair lengths outside the band around the template (real)
     heatmap_mean: TermConfig = _term(1e-2)  # mean squared raw heatmap score (real)
-    # Not in the reference: sphere centres on the observed silhouette of every view, mm^2 (real).
-    silhouette: TermConfig = field(default_factory=lambda: TermConfig(1e-2, enabled=False))
     supervised: TermConfig = field(default_factory=lambda: TermConfig(0.1, enabled=False))  # labelled real joints
     prior_path: str | None = None  # pose VAE file written by `python -m train.prior`
     heatmap_sigma_cells: float = 1.0  # std of the synthetic Gaussian heatmap targets, heatmap cells
@@ -114,8 +109,7 @@ class LossConfig:
 
 
 SYNTHETIC_TERMS = ("synthetic_heatmap", "synthetic_depth")
-REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean", "silhouette",
-              "supervised")
+REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean", "supervised")
 
 
 class HeatmapTargetLoss(nn.Module):
@@ -257,45 +251,6 @@ class ProjectionLoss(nn.Module):
     def real(self, inputs: RealInputs) -> torch.Tensor:
         cross = self.uses_cross_views(inputs.consistency_phase)
         return sum(self(j, inputs.depth, inputs.cams, cross_views=cross) for j in inputs.stack_joints)
-
-
-class SilhouetteLoss(nn.Module):
-    """Every predicted sphere centre, mapped into every view, must fall on that view's observed hand.
-
-    Squared distance (mm^2) from the centre's crop pixel to the nearest observed foreground pixel (a
-    distance transform of the view's mask, sampled bilinearly), averaged over spheres and summed over
-    the 3 x 3 view pairs. The sphere renderer gives silhouettes no gradient; this term does, and with three
-    calibrated views it keeps predictions inside the visual hull even far from the truth.
-    """
-
-    def __init__(self, size: int, cube_mm: float) -> None:
-        super().__init__()
-        self.size, self.cube_mm = size, cube_mm
-        self.background = background_depth(cube_mm)
-
-    def distance_fields(self, depth: torch.Tensor) -> torch.Tensor:
-        """(B, V, S, S) crop depth -> (B, V, S, S) mm to the nearest foreground pixel (0 on the hand)."""
-        empty = (depth >= self.background).detach().cpu().numpy().reshape(-1, self.size, self.size)
-        fields = [distance_transform_edt(mask) if not mask.all() else np.zeros(mask.shape) for mask in empty]
-        stacked = torch.from_numpy(np.stack(fields)).to(depth.device, torch.float32)
-        return stacked.reshape(depth.shape) * mm_per_pixel(self.size, self.cube_mm)
-
-    def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor,
-                fields: torch.Tensor | None = None) -> torch.Tensor:
-        """joints (B, V, J, 3) mm, observed depth (B, V, S, S) mm, cams (B, V, 4, 4) -> scalar."""
-        fields = self.distance_fields(depth) if fields is None else fields
-        batch, views, num = joints.shape[0], joints.shape[1], joints.shape[2]
-        centres = transform_points(view_to_view(cams.float()), joints.float()[:, None])  # (B, Vj, Vk, J, 3)
-        # grid_sample, align_corners=False: crop pixel coordinate u maps to 2 u / S - 1.
-        grid = crop_to_pixels(centres, self.size, self.cube_mm)[..., :2] * (2.0 / self.size) - 1.0
-        sampled = F.grid_sample(fields.reshape(batch * views, 1, self.size, self.size),
-                                grid.reshape(batch * views, views * num, 1, 2), mode="bilinear",
-                                padding_mode="border", align_corners=False)
-        return sampled.reshape(batch, views, views, num).pow(2).mean(dim=-1).sum(dim=(1, 2)).mean()
-
-    def real(self, inputs: RealInputs) -> torch.Tensor:
-        fields = self.distance_fields(inputs.depth)
-        return sum(self(j, inputs.depth, inputs.cams, fields) for j in inputs.stack_joints)
 
 
 class ConsistencyLoss(nn.Module):
@@ -440,7 +395,6 @@ class Losses(nn.Module):
                                                cfg.collision_tolerance_mm),
             "bone_length": lambda: BoneLengthLoss(pairs, template, cfg.bone_min_ratio, cfg.bone_max_ratio, sizer),
             "heatmap_mean": HeatmapMeanLoss,
-            "silhouette": lambda: SilhouetteLoss(size, cube_mm),
             "supervised": SupervisedJointLoss,
         }
         self.terms = nn.ModuleDict({name: make() for name, make in modules.items() if name in self.weights})
