@@ -96,10 +96,9 @@ class Cluster:
             subprocess.run(["/usr/sbin/mungekey", "--create", "--keyfile", str(key)], check=True)
             os.chown(key, munge.pw_uid, munge.pw_gid)
             key.chmod(0o600)
-        state = self.root / "munge"  # seed and log: a dir munge owns inside the (root-only) temp dir
-        state.mkdir(exist_ok=True)
+        state = Path(self.munge_dir)  # socket, seed, pid and log: pytest's temp dirs are closed to user munge
+        state.mkdir(mode=0o755)
         os.chown(state, munge.pw_uid, munge.pw_gid)
-        self.root.chmod(0o755)
         self.procs["munged"] = subprocess.Popen(
             ["/usr/sbin/munged", "--foreground", f"--socket={self.munge_socket}",
              f"--pid-file={state}/munged.pid", f"--log-file={state}/munged.log", f"--seed-file={state}/seed"],
@@ -107,8 +106,12 @@ class Cluster:
         self._wait(lambda: Path(self.munge_socket).exists(), "munged socket", 20)
 
     @property
+    def munge_dir(self) -> str:
+        return f"/run/munge/ci-{os.getpid()}-{abs(hash(str(self.root))) % 10**8}"
+
+    @property
     def munge_socket(self) -> str:
-        return f"/run/munge/ci-{os.getpid()}.socket"
+        return f"{self.munge_dir}/munge.socket"
 
     def start(self) -> "Cluster":
         self.root.mkdir(parents=True, exist_ok=True)
@@ -177,8 +180,7 @@ class Cluster:
         for name in order:  # job processes left in a daemon's session after it exited
             if name in self.procs:
                 with_session(self.procs[name].pid, signal.SIGKILL)
-        Path(self.munge_socket).unlink(missing_ok=True)
-        Path(self.munge_socket + ".lock").unlink(missing_ok=True)
+        shutil.rmtree(self.munge_dir, ignore_errors=True)
         self.procs.clear()
 
 
