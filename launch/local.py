@@ -79,7 +79,8 @@ def run_local(opts: LocalOptions) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
 
         previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
-        tee = threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True)
+        seen: set[str] = set()
+        tee = threading.Thread(target=_tee, args=(proc.stdout, log, seen), daemon=True)
         tee.start()
         try:
             status = proc.wait()
@@ -87,12 +88,20 @@ def run_local(opts: LocalOptions) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         tee.join(timeout=10)
+    if received and status != 0 and "SignalException" in seen and "ChildFailedError" not in seen:
+        # torchrun re-raises the signal it forwarded (exit 1) although every rank saved and exited 0
+        print(f"launch: stopped on {signal.Signals(received[0]).name}; re-run the same command to resume; "
+              f"log {log_path}", flush=True)
+        return 0
     print(f"launch: torchrun exited with {status}; log {log_path}", flush=True)
     return status
 
 
-def _tee(stream, log) -> None:
+def _tee(stream, log, seen: set[str]) -> None:
     for line in iter(stream.readline, b""):
+        for marker in ("SignalException", "ChildFailedError"):
+            if marker.encode() in line:
+                seen.add(marker)
         sys.stdout.buffer.write(line)
         sys.stdout.buffer.flush()
         log.write(line)
