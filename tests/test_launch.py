@@ -137,3 +137,12 @@ def test_local_run_logs_and_a_signal_checkpoints(tmp_path, synthetic_shards):
     assert len(saved) == 1 and int(saved[0].stem.split("-")[1]) < 400
     logs = list((run_dir / "launch").glob("local-*.log"))
     assert len(logs) == 1 and "stopped at step" in logs[0].read_text()
+
+
+def test_bare_srun_without_torchrun_is_refused_naming_the_launcher(synthetic_shards, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_LOCALID="0")
+    result = subprocess.run([sys.executable, "-m", "train", "--config", "configs/ci.yaml",
+                             f"data.synthetic={synthetic_shards}", f"run.dir={tmp_path}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "python -m launch slurm" in result.stderr, result.stderr
