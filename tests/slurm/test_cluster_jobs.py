@@ -8,9 +8,7 @@ The preemption test signals the batch shell exactly as Slurm does before a time 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,12 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.cluster import Cluster, with_session
+from tests.slurm.cluster import Cluster, missing_tools
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["eval.every=0", "eval.at_start=false", "metrics.log_every=5", "metrics.image_every=0", "model.width=16",
         "data.synthetic_batch=4", "checkpoint.keep=3"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, request) -> Cluster:
+    """The 2-node cluster, stopped by pid at the end, also when a test or the start itself fails.
+    (Here, not in a conftest.py: a second conftest module would shadow tests/conftest.py's imports.)"""
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"Slurm tools missing: {missing}; `make test-slurm` installs them (apt-get)")
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    request.addfinalizer(c.stop)
+    return c.start()
 
 
 def submit(cluster: Cluster, *args: str) -> tuple[str, str]:
