@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # A CPU-only machine installs the CPU torch build that lies on local disk; a CUDA machine keeps its own.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: venv test demo build-kernels clean
+.PHONY: venv test test-slurm demo build-kernels clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The launcher against a real 2-node Slurm cluster started on this machine (tests/slurm/cluster.py):
+# installs Debian's Slurm and munge when missing (needs root), every daemon is stopped by pid at the end.
+SLURM_PKGS := slurmctld slurmd slurm-client munge
+test-slurm: venv
+	if ! test -x /usr/sbin/slurmctld || ! test -x /usr/sbin/slurmd || ! test -x /usr/sbin/munged \
+			|| ! command -v sbatch >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SLURM_PKGS); \
+	fi
+	$(PY) -m pytest -q -m slurm tests/slurm $(PYTEST_ARGS)
 
 # The whole method on a built-in NYU-format sample (fake NYU: 256 train frames of one subject, 100 test
 # frames of two): raw NYU layout -> shards -> synthetic pretraining (torchrun, 2 processes) ->

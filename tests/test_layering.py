@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("geometry", "renderer_cuda", "hand", "shards", "train")
+PACKAGES = ("geometry", "renderer_cuda", "hand", "shards", "train", "launch")
 FORBIDDEN = {  # package or module -> project packages it must not import
-    "geometry": {"renderer_cuda", "hand", "shards", "train"},
-    "renderer_cuda": {"geometry", "hand", "shards", "train"},
-    "hand": {"shards", "train"},
-    "shards": {"train"},
+    "geometry": {"renderer_cuda", "hand", "shards", "train", "launch"},
+    "renderer_cuda": {"geometry", "hand", "shards", "train", "launch"},
+    "hand": {"shards", "train", "launch"},
+    "shards": {"train", "launch"},
+    "train": {"launch"},  # the trainer knows nothing of SLURM
+    "launch": {"geometry", "renderer_cuda", "hand", "shards"},
     "train.network": {"shards"},
     "train.losses": {"shards"},
 }
@@ -74,6 +76,15 @@ def test_no_import_runs_against_the_layering(owner):
                  if name == owner or name.startswith(owner + ".")
                  for target in sorted(targets) if target.split(".")[0] in FORBIDDEN[owner]]
     assert not offenders, offenders
+
+
+def test_launch_reads_only_the_config_loader_of_train():
+    """launch runs the trainer as processes; of train it may import only the config loader."""
+    allowed = {"train.config", "train.schema"}
+    offenders = [f"{name} imports {target}" for name, targets in GRAPH.items() if name.split(".")[0] == "launch"
+                 for target in sorted(targets) if target.split(".")[0] == "train" and target not in allowed]
+    assert not offenders, offenders
+    assert GRAPH["launch.config"] == {"train.config"}
 
 
 def test_no_import_cycle():

@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    env = get_dist_env()
+    try:
+        env = get_dist_env()
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     device = select_device(cfg.run.device, env)
     setup_distributed(env, device)
     trainer = None

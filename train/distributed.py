@@ -53,6 +53,11 @@ def _env_int(names: tuple[str, ...], default: int) -> int:
 
 def get_dist_env() -> DistEnv:
     """Rank, world size and local rank from torchrun's variables, else Slurm's, else a single process."""
+    world = _env_int(("WORLD_SIZE", "SLURM_NTASKS"), 1)
+    if world > 1 and not os.environ.get("MASTER_ADDR"):
+        raise RuntimeError(
+            f"{world} Slurm tasks but no MASTER_ADDR/MASTER_PORT: a bare `srun python -m train` has no rendezvous; "
+            "launch with `python -m launch slurm ...` (one torchrun per node) or `srun torchrun ...`")
     return DistEnv(
         rank=_env_int(("RANK", "SLURM_PROCID"), 0),
         world_size=_env_int(("WORLD_SIZE", "SLURM_NTASKS"), 1),

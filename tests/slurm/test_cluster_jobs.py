@@ -1,0 +1,174 @@
+"""``python -m launch slurm`` against a real 2-node Slurm cluster on this machine (``make test-slurm``).
+
+2 nodes x 1 CPU rank with gloo, the tiny CI network on synthetic shards only, a few dozen steps.
+The preemption test signals the batch shell exactly as Slurm does before a time limit
+(``scancel --batch --signal=USR2``, what ``--signal=B:USR2@SECS`` sends).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.slurm.cluster import Cluster, missing_tools
+
+pytestmark = pytest.mark.slurm
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["eval.every=0", "eval.at_start=false", "metrics.log_every=5", "metrics.image_every=0", "model.width=16",
+        "data.synthetic_batch=4", "checkpoint.keep=3"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, request) -> Cluster:
+    """The 2-node cluster, stopped by pid at the end, also when a test or the start itself fails.
+    (Here, not in a conftest.py: a second conftest module would shadow tests/conftest.py's imports.)"""
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"Slurm tools missing: {missing}; `make test-slurm` installs them (apt-get)")
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    request.addfinalizer(c.stop)
+    return c.start()
+
+
+def submit(cluster: Cluster, *args: str) -> tuple[str, str]:
+    cmd = [sys.executable, "-m", "launch", "slurm", "--config", "configs/ci.yaml", *args]
+    result = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{cmd}\n{result.stdout}\n{result.stderr}"
+    job = re.search(r"submitted job (\d+)", result.stdout)
+    assert job, result.stdout
+    return job.group(1), result.stdout
+
+
+def job_field(cluster: Cluster, job: str, name: str) -> str:
+    out = cluster.run("scontrol", "show", "job", job, check=False).stdout
+    found = re.search(rf"\b{name}=(\S+)", out)
+    return found.group(1) if found else ""
+
+
+def wait_done(cluster: Cluster, job: str, run_dirs: list[Path], timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = set(re.findall(r"JobState=(\S+)", cluster.run("scontrol", "show", "job", job, check=False).stdout))
+        if states and states <= {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}:
+            return ",".join(sorted(states))
+        time.sleep(1)
+    raise AssertionError(f"job {job} not done in {timeout} s\n{logs(run_dirs)}\n{cluster.logs()}")
+
+
+def wait_step(run_dir: Path, step: int, timeout: float = 180) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = logged_steps(run_dir)
+        if steps and steps[-1] >= step:
+            return steps[-1]
+        time.sleep(0.5)
+    raise AssertionError(f"{run_dir} never logged step {step}\n{logs([run_dir])}")
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def checkpoints(run_dir: Path) -> list[int]:
+    return sorted(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*.pt"))
+
+
+def logs(run_dirs: list[Path]) -> str:
+    out = []
+    for run_dir in run_dirs:
+        for path in sorted((run_dir / "slurm").glob("*.out")) + sorted((run_dir / "slurm").glob("*.log")):
+            out.append(f"--- {path}\n{path.read_text(errors='replace')[-3000:]}")
+        if (run_dir / "train.log").exists():
+            out.append(f"--- train.log\n{(run_dir / 'train.log').read_text()[-2000:]}")
+    return "\n".join(out)
+
+
+def test_two_node_job_trains_with_world_size_2(cluster, synthetic_shards, tmp_path):
+    run_dir = tmp_path / "run two nodes"  # a space in the run dir
+    job, out = submit(cluster, "--nodes", "2", "--gpus-per-node", "0", f"data.synthetic={synthetic_shards}",
+                      f"run.dir={run_dir}", "run.steps=20", "checkpoint.every=10", *TINY)
+    assert "tensorboard --logdir" in out and str(run_dir) in out
+    assert wait_done(cluster, job, [run_dir]) == "COMPLETED", logs([run_dir])
+    assert "world: rank 0 of 2" in (run_dir / "env.log").read_text()
+    assert logged_steps(run_dir)[-1] == 20 and checkpoints(run_dir) == [10, 20]
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    batch = (run_dir / "slurm" / f"batch-{job}.out").read_text()
+    assert "on n1 n2 (127.0.0.2 127.0.0.3), rendezvous 127.0.0.2:" in batch  # the address from Slurm
+    for node in ("n1", "n2"):
+        assert (run_dir / "slurm" / f"train-{job}-restart0-{node}.log").is_file()
+
+
+def test_preempted_job_checkpoints_requeues_resumes_and_finishes(cluster, synthetic_shards, tmp_path):
+    run_dir = tmp_path / "preempt"
+    job, _ = submit(cluster, "--nodes", "2", "--gpus-per-node", "0", "--max-requeues", "2",
+                    f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}", "run.steps=40",
+                    "checkpoint.every=100", *TINY)
+    wait_step(run_dir, 10)
+    cluster.run("scancel", "--batch", "--signal=USR2", job)  # what --signal=B:USR2@SECS delivers
+    assert wait_done(cluster, job, [run_dir]) == "COMPLETED", logs([run_dir])
+    assert job_field(cluster, job, "Restarts") == "1"
+    saved = checkpoints(run_dir)
+    assert len(saved) == 2 and 10 <= saved[0] < 40 and saved[1] == 40, saved  # the preemption checkpoint, the last
+    train_log = (run_dir / "train.log").read_text()
+    assert f"step-{saved[0]:09d}.pt" in train_log and "resumed from" in train_log, train_log[-2000:]
+    steps = logged_steps(run_dir)
+    assert steps[-1] == 40 and steps.count(40) == 1
+    batch = (run_dir / "slurm" / f"batch-{job}.out").read_text()
+    assert "requeueing job" in batch and "restart 1 on" in batch
+    assert (run_dir / "slurm" / f"train-{job}-restart1-n2.log").is_file()
+
+
+def test_job_at_max_requeues_is_not_requeued(cluster, synthetic_shards, tmp_path):
+    run_dir = tmp_path / "capped"
+    job, _ = submit(cluster, "--nodes", "1", "--gpus-per-node", "0", "--max-requeues", "0",
+                    f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}", "run.steps=200",
+                    "checkpoint.every=1000", *TINY)
+    wait_step(run_dir, 5)
+    cluster.run("scancel", "--batch", "--signal=USR2", job)
+    assert wait_done(cluster, job, [run_dir]) == "FAILED"
+    assert job_field(cluster, job, "Restarts") == "0" and job_field(cluster, job, "ExitCode") == "3:0"
+    assert "--max-requeues 0 reached" in (run_dir / "slurm" / f"batch-{job}.out").read_text()
+    saved = checkpoints(run_dir)
+    assert len(saved) == 1 and 5 <= saved[0] < 200, saved  # it still checkpointed before stopping
+
+
+def test_sweep_runs_an_array_task_per_value(cluster, synthetic_shards, tmp_path):
+    base = tmp_path / "sweep"
+    job, out = submit(cluster, "--nodes", "1", "--gpus-per-node", "0", "--sweep", "run.seed=3,4",
+                      f"data.synthetic={synthetic_shards}", f"run.dir={base}", "run.steps=10",
+                      "checkpoint.every=10", *TINY)
+    run_dirs = [base / "run.seed-3", base / "run.seed-4"]
+    assert wait_done(cluster, job, run_dirs) == "COMPLETED", logs(run_dirs)
+    for seed, run_dir in zip((3, 4), run_dirs):
+        assert f"seed: {seed}" in (run_dir / "config.yaml").read_text()
+        assert checkpoints(run_dir) == [10]
+    assert len(list((base / "slurm").glob(f"batch-{job}_*.out"))) == 2
+
+
+def test_teardown_leaves_no_daemon_or_job(tmp_path):
+    """A second cluster with a job still running: stop() ends every daemon and job process by pid."""
+    c = Cluster(tmp_path / "c")
+    try:
+        c.start()
+        c.run("sbatch", "--wrap", "sleep 300", "-o", str(tmp_path / "sleep.out"))
+        deadline = time.monotonic() + 30
+        while "RUNNING" not in c.run("squeue", "-h", "-o", "%T").stdout and time.monotonic() < deadline:
+            time.sleep(0.5)
+        pids = {name: p.pid for name, p in c.procs.items()}
+    finally:
+        c.stop()
+    for name, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], name
+    left = subprocess.run(["pgrep", "-af", str(c.conf)], capture_output=True, text=True).stdout
+    assert not left, left
+    sleeping = subprocess.run(["pgrep", "-af", "sleep 300"], capture_output=True, text=True).stdout
+    assert not sleeping, sleeping
