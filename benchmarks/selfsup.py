@@ -32,6 +32,7 @@ from pathlib import Path
 from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project's packages, for the per-subject evaluation and the mean pose
 REAL_TERMS_OFF = ["loss.projection.enabled=false", "loss.consistency.enabled=false", "loss.collision.enabled=false",
                   "loss.bone_length.enabled=false", "loss.heatmap_mean.enabled=false", "loss.prior.enabled=false"]
 ABLATED_TERMS = ("projection", "consistency", "collision", "bone_length", "heatmap_mean")
@@ -109,7 +110,6 @@ def evaluate(run_dir: Path, split: Path, name: str) -> float:
 def per_subject(run_dir: Path, split: Path, frames: int) -> dict[str, float]:
     """Test error of each fake-NYU subject: the first ~30% of the test frames show the train subject, the
     rest a smaller second hand (as NYU's test split does; ``shards.fake_nyu.subject_of``)."""
-    sys.path.insert(0, str(ROOT))
     from shards.fake_nyu import subject_of
     from shards.reader import make_loader
     from train.evaluate import collect_errors, load_network
@@ -241,7 +241,6 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     paths = build_data(args.work, sizes, args.label_free)
     seeds = [run_seed(seed, paths, sizes, args.work) for seed in range(args.seeds)]
-    sys.path.insert(0, str(ROOT))
     from train.report import mean_pose_errors
 
     result = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "sizes": vars(sizes) | {},

@@ -107,13 +107,20 @@ def test_two_node_job_trains_with_world_size_2(cluster, synthetic_shards, tmp_pa
         assert (run_dir / "slurm" / f"train-{job}-restart0-{node}.log").is_file()
 
 
+def preempted_job(cluster: Cluster, synthetic_shards: Path, run_dir: Path, *, nodes: int, max_requeues: int,
+                  steps: int, at_step: int) -> str:
+    """Submit a CPU job that would not checkpoint by itself, and signal it as Slurm would at ``at_step``."""
+    job, _ = submit(cluster, "--nodes", str(nodes), "--gpus-per-node", "0", "--max-requeues", str(max_requeues),
+                    f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}", f"run.steps={steps}",
+                    f"checkpoint.every={5 * steps}", *TINY)
+    wait_step(run_dir, at_step)
+    cluster.run("scancel", "--batch", "--signal=USR2", job)  # what --signal=B:USR2@SECS delivers
+    return job
+
+
 def test_preempted_job_checkpoints_requeues_resumes_and_finishes(cluster, synthetic_shards, tmp_path):
     run_dir = tmp_path / "preempt"
-    job, _ = submit(cluster, "--nodes", "2", "--gpus-per-node", "0", "--max-requeues", "2",
-                    f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}", "run.steps=40",
-                    "checkpoint.every=100", *TINY)
-    wait_step(run_dir, 10)
-    cluster.run("scancel", "--batch", "--signal=USR2", job)  # what --signal=B:USR2@SECS delivers
+    job = preempted_job(cluster, synthetic_shards, run_dir, nodes=2, max_requeues=2, steps=40, at_step=10)
     assert wait_done(cluster, job, [run_dir]) == "COMPLETED", logs([run_dir])
     assert job_field(cluster, job, "Restarts") == "1"
     saved = checkpoints(run_dir)
@@ -129,11 +136,7 @@ def test_preempted_job_checkpoints_requeues_resumes_and_finishes(cluster, synthe
 
 def test_job_at_max_requeues_is_not_requeued(cluster, synthetic_shards, tmp_path):
     run_dir = tmp_path / "capped"
-    job, _ = submit(cluster, "--nodes", "1", "--gpus-per-node", "0", "--max-requeues", "0",
-                    f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}", "run.steps=200",
-                    "checkpoint.every=1000", *TINY)
-    wait_step(run_dir, 5)
-    cluster.run("scancel", "--batch", "--signal=USR2", job)
+    job = preempted_job(cluster, synthetic_shards, run_dir, nodes=1, max_requeues=0, steps=200, at_step=5)
     assert wait_done(cluster, job, [run_dir]) == "FAILED"
     assert job_field(cluster, job, "Restarts") == "0" and job_field(cluster, job, "ExitCode") == "3:0"
     assert "--max-requeues 0 reached" in (run_dir / "slurm" / f"batch-{job}.out").read_text()
