@@ -34,9 +34,10 @@ test-slurm: venv
 	$(PY) -m pytest -q -m slurm tests/slurm $(PYTEST_ARGS)
 
 # The whole method on a built-in NYU-format sample (fake NYU: 256 train frames of one subject, 100 test
-# frames of two): raw NYU layout -> shards -> synthetic pretraining (torchrun, 2 processes) ->
-# self-supervised fine-tuning by fitting on the unlabelled train split (torchrun, 2 processes) ->
-# both evaluated on the test split beside the mean-pose yardstick -> DEMO/results.json, DEMO/report.md.
+# frames of two): raw NYU layout -> shards -> synthetic pretraining (torchrun, 2 processes) -> fitted
+# pseudo-labels of the unlabelled train split -> self-supervised fine-tuning on them (torchrun, 2
+# processes) -> both evaluated on the test split beside the mean-pose yardstick -> DEMO/results.json,
+# DEMO/report.md.
 # Re-running resumes (finished steps are skipped); `rm -rf demo` starts over.
 DEMO ?= demo
 NPROC ?= 2
@@ -48,8 +49,10 @@ demo: venv
 	$(PY) -m shards inspect $(DEMO)/nyu --show 6 --out $(DEMO)/nyu-samples.png
 	$(TORCHRUN) --config configs/synthetic-cpu.yaml data.synthetic=$(DEMO)/synth data.real=$(DEMO)/nyu \
 		run.dir=$(DEMO)/synthetic
+	test -f $(DEMO)/nyu-fitted/train/fit.json || \
+		$(PY) -m train.pseudo_labels --checkpoint $(DEMO)/synthetic --data $(DEMO)/nyu --out $(DEMO)/nyu-fitted
 	$(TORCHRUN) --config configs/selfsup-cpu.yaml init=$(DEMO)/synthetic data.synthetic=$(DEMO)/synth \
-		data.real=$(DEMO)/nyu run.dir=$(DEMO)/selfsup
+		data.real=$(DEMO)/nyu-fitted run.dir=$(DEMO)/selfsup
 	$(PY) -m train.report --data $(DEMO)/nyu --run synthetic_only=$(DEMO)/synthetic \
 		--run self_supervised=$(DEMO)/selfsup --out $(DEMO)
 	@echo "watch both runs with: $(VENV)/bin/tensorboard --logdir $(DEMO)"

@@ -3,15 +3,17 @@
     python benchmarks/selfsup.py [--seeds 3] [--ablation] [--label-free] [--quick] [--work DIR] [--json]
 
 For each seed: synthetic pretraining (``configs/synthetic-cpu.yaml``), then three fine-tunings from it for
-the same number of steps (``configs/selfsup-cpu.yaml``): synthetic-only continued (the real terms off),
-self-supervised (the unlabelled fake-NYU train split, the shipped terms) and supervised (the real
-frames' labels instead of the fitting terms: the upper bound). All runs are 2-process torchrun runs,
-evaluated on the fake-NYU test split (100 frames, 2 subjects) and on a validation split (more frames of
-the train subject, ``fake-nyu --seed 1``: settings were chosen on it, never on test).
+the same number of steps (``configs/selfsup-cpu.yaml``): synthetic-only continued (no real frames),
+self-supervised (fitted pseudo-labels of the unlabelled fake-NYU train split, ``python -m
+train.pseudo_labels`` from the pretrained network, then ``loss.fitted``) and supervised (the real frames'
+labels instead: the upper bound). All training runs are 2-process torchrun runs, evaluated on the fake-NYU
+test split (100 frames, 2 subjects) and on a validation split (more frames of the train subject,
+``fake-nyu --seed 1``: settings were chosen on it, never on test).
 
-``--ablation``: self-supervised fine-tuning with each fitting term off in turn, and with the options
-that deviate from the reference (``VARIANTS``) on (first seed).
-``--label-free``: self-supervised fine-tuning on shards cropped at the depth centre of mass with one fixed
+``--ablation`` (first seed): the pseudo-labels made with one part of the fitting off in turn (``FIT_ABLATION``:
+the view fusion, the fitting steps, each fitting term), and fine-tuning on the fitting terms' gradients
+directly instead of pseudo-labels (``DIRECT``, the reference's way).
+``--label-free``: the same self-supervision on shards cropped at the depth centre of mass with one fixed
 camera calibration (``shards nyu --center com --cameras fixed``) instead of labelled centres and per-frame
 cameras (first seed; evaluated on the test split cropped the same way).
 ``--quick``: small data and short runs, for the test that runs a reduced comparison.
@@ -33,11 +35,16 @@ from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's packages, for the per-subject evaluation and the mean pose
-REAL_TERMS_OFF = ["loss.projection.enabled=false", "loss.consistency.enabled=false", "loss.collision.enabled=false",
-                  "loss.bone_length.enabled=false", "loss.heatmap_mean.enabled=false", "loss.prior.enabled=false"]
-ABLATED_TERMS = ("projection", "consistency", "collision", "bone_length", "heatmap_mean")
-# Options beside the reference's choices (first seed): deviations measured, not shipped as defaults.
-VARIANTS = {"hand_size=predicted": ["loss.hand_size=predicted"]}
+REAL_TERMS = ("projection", "consistency", "collision", "bone_length", "heatmap_mean", "prior", "fitted")
+REAL_TERMS_OFF = [f"loss.{term}.enabled=false" for term in REAL_TERMS]
+# Pseudo-labels with one part of the fitting off (train.pseudo_labels options; first seed).
+FIT_ABLATION = {"view fusion (each view fitted apart)": ["--no-fuse"], "fitting steps (fused views only)": ["--steps", "0"],
+                "projection": ["--projection", "0"], "collision": ["--collision", "0"],
+                "bone_length": ["--bone-length", "0"]}
+# The reference's way: fine-tuning on the fitting terms' gradients, no pseudo-labels (weights chosen on val).
+DIRECT = [*REAL_TERMS_OFF, *(f"loss.{term}.enabled=true" for term in REAL_TERMS[:5]), "loss.projection.weight=1e-2",
+          "loss.consistency.weight=0.1", "loss.collision.weight=0.1", "loss.bone_length.weight=0.1",
+          "loss.heatmap_mean.weight=1e-2"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,13 @@ class Sizes:
     pretrain_steps: int
     finetune_steps: int
 
+    fit_steps: int
+
 
 FULL = Sizes(train_frames=256, val_frames=64, test_frames=100, synthetic_samples=8000, pretrain_steps=1500,
-             finetune_steps=300)
+             finetune_steps=300, fit_steps=50)
 QUICK = Sizes(train_frames=64, val_frames=16, test_frames=100, synthetic_samples=2000, pretrain_steps=600,
-              finetune_steps=150)
+              finetune_steps=150, fit_steps=20)
 
 
 def python(*args: str, log: Path | None = None) -> None:
@@ -93,10 +102,20 @@ def build_data(work: Path, sizes: Sizes, label_free: bool) -> dict[str, Path]:
     return paths
 
 
-def train(config: str, run_dir: Path, overrides: list[str]) -> None:
-    if not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("step-*.pt")):
+def train(config: str, run_dir: Path, steps: int, overrides: list[str]) -> None:
+    """A torchrun run to ``steps`` (resumed where an earlier, interrupted one stopped; skipped when done)."""
+    if not (run_dir / "checkpoints" / f"step-{steps:09d}.pt").exists():
         python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train", "--config",
-               config, f"run.dir={run_dir}", *overrides, log=run_dir / "train.log")
+               config, f"run.dir={run_dir}", f"run.steps={steps}", f"checkpoint.every={steps}", f"eval.every={steps}",
+               *overrides, log=run_dir / "train.log")
+
+
+def pseudo_labels(pretrain: Path, real: Path, out: Path, sizes: Sizes, options: list[str]) -> Path:
+    """Fitted pseudo-labels of ``real``/train from the pretrained network (made once)."""
+    if not (out / "train" / "fit.json").exists():
+        python("-m", "train.pseudo_labels", "--checkpoint", str(pretrain), "--data", str(real), "--out", str(out),
+               "--steps", str(sizes.fit_steps), *options)
+    return out
 
 
 def evaluate(run_dir: Path, split: Path, name: str) -> float:
@@ -133,35 +152,43 @@ def newest_checkpoint(run_dir: Path) -> Path:
 
 def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path) -> dict:
     pretrain = work / f"seed{seed}" / "synthetic"
-    train("configs/synthetic-cpu.yaml", pretrain,
-          [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}",
-           f"run.steps={sizes.pretrain_steps}", f"checkpoint.every={sizes.pretrain_steps}",
-           f"eval.every={sizes.pretrain_steps}"])
+    train("configs/synthetic-cpu.yaml", pretrain, sizes.pretrain_steps,
+          [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}"])
     row = {"seed": seed, "pretrained": {"test": evaluate(pretrain, paths["nyu"] / "test", "test"),
                                         "val": evaluate(pretrain, paths["val"] / "train", "val"),
                                         "subjects": per_subject(pretrain, paths["nyu"] / "test", sizes.test_frames),
                                         "synthetic": synthetic_error(pretrain)}}
-    for name, extra in finetunings(paths).items():
-        row[name] = finetune(name, seed, pretrain, paths, sizes, work, extra)
+    fitted = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / "fitted", sizes, [])
+    row["pseudo_labels"] = json.loads((fitted / "train" / "fit.json").read_text())["label_error_mm"]
+    runs = {"synthetic_only": (REAL_TERMS_OFF + ["data.real_batch=0"], paths["nyu"]),
+            "self_supervised": ([], fitted),
+            "supervised": (REAL_TERMS_OFF + ["loss.supervised.enabled=true"], paths["nyu"])}
+    for name, (extra, real) in runs.items():
+        row[name] = finetune(name, seed, pretrain, paths, sizes, work, extra, real)
     return row
 
 
-def finetunings(paths: dict[str, Path]) -> dict[str, list[str]]:
-    return {"synthetic_only": REAL_TERMS_OFF + ["data.real_batch=0"],
-            "self_supervised": [],
-            "supervised": REAL_TERMS_OFF + ["loss.supervised.enabled=true"]}
-
-
 def finetune(name: str, seed: int, pretrain: Path, paths: dict[str, Path], sizes: Sizes, work: Path,
-             extra: list[str], real: Path | None = None) -> dict:
-    real = real or paths["nyu"]
+             extra: list[str], real: Path) -> dict:
     run_dir = work / f"seed{seed}" / name
-    train("configs/selfsup-cpu.yaml", run_dir,
+    train("configs/selfsup-cpu.yaml", run_dir, sizes.finetune_steps,
           [f"init={newest_checkpoint(pretrain)}", f"data.synthetic={paths['synth']}", f"data.real={real}",
-           f"run.seed={seed}", f"run.steps={sizes.finetune_steps}", f"checkpoint.every={sizes.finetune_steps}",
-           f"eval.every={sizes.finetune_steps}", *extra])
+           f"run.seed={seed}", *extra])
     return {"test": evaluate(run_dir, real / "test", "test"), "val": evaluate(run_dir, paths["val"] / "train", "val"),
             "subjects": per_subject(run_dir, real / "test", sizes.test_frames)}
+
+
+def ablation(paths: dict[str, Path], sizes: Sizes, work: Path) -> dict[str, dict]:
+    """Seed 0: pseudo-labels with one part of the fitting off, then the same fine-tuning; and DIRECT."""
+    pretrain = work / "seed0" / "synthetic"
+    rows = {}
+    for index, (name, options) in enumerate(FIT_ABLATION.items()):
+        fitted = pseudo_labels(pretrain, paths["nyu"], work / "seed0" / f"fitted_without_{index}", sizes, options)
+        rows[f"without {name}"] = finetune(f"without_{index}", 0, pretrain, paths, sizes, work, [], fitted) | {
+            "pseudo_labels": json.loads((fitted / "train" / "fit.json").read_text())["label_error_mm"]}
+    rows["direct fitting-term fine-tuning (no pseudo-labels)"] = finetune("direct", 0, pretrain, paths, sizes, work,
+                                                                          DIRECT, paths["nyu"])
+    return rows
 
 
 def spread(values: list[float]) -> str:
@@ -196,16 +223,22 @@ def report(result: dict) -> str:
               f"(spread between seeds: {summary['seed_spread_mm']:.1f} mm)",
               f"- share of the synthetic-only to supervised gap closed by self-supervision (test): "
               f"{100 * summary['gap_share']:.0f}%"]
+    lines += ["", "Pseudo-labels of the train split (view-1 error against its labels, read only for this report), "
+              "mean over seeds: network " + " / ".join(
+                  f"{name} {spread([r['pseudo_labels'][name] for r in seeds])}" for name in ("network", "fused", "fitted"))
+              + " mm."]
     if result.get("ablation"):
-        lines += ["", "Ablation (seed 0, self-supervised with one term off):", "",
-                  "| term off | test | val | test subject 1 | test subject 2 |", "| --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {name} | {row['test']:.1f} | {row['val']:.1f} | {row['subjects']['1']:.1f} | "
+        lines += ["", "Ablation (seed 0): pseudo-labels made with one part of the fitting off, then the same "
+                  "fine-tuning; and the fitting terms' gradients instead of pseudo-labels:", "",
+                  "| self-supervised run | pseudo-labels (train) | test | val | test subject 1 | test subject 2 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |",
+                  f"| all on | {seeds[0]['pseudo_labels']['fitted']:.1f} | {seeds[0]['self_supervised']['test']:.1f} | "
+                  f"{seeds[0]['self_supervised']['val']:.1f} | {seeds[0]['self_supervised']['subjects']['1']:.1f} | "
+                  f"{seeds[0]['self_supervised']['subjects']['2']:.1f} |"]
+        lines += [f"| {name} | {row['pseudo_labels']['fitted']:.1f} | {row['test']:.1f} | {row['val']:.1f} | "
+                  f"{row['subjects']['1']:.1f} | {row['subjects']['2']:.1f} |" if "pseudo_labels" in row else
+                  f"| {name} | - | {row['test']:.1f} | {row['val']:.1f} | {row['subjects']['1']:.1f} | "
                   f"{row['subjects']['2']:.1f} |" for name, row in result["ablation"].items()]
-    if result.get("variants"):
-        lines += ["", "Variants (seed 0, self-supervised with one option changed):", "",
-                  "| option | test | val | test subject 1 | test subject 2 |", "| --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {name} | {row['test']:.1f} | {row['val']:.1f} | {row['subjects']['1']:.1f} | "
-                  f"{row['subjects']['2']:.1f} |" for name, row in result["variants"].items()]
     if result.get("label_free"):
         row = result["label_free"]
         lines += ["", f"Label-free shards (`--center com --cameras fixed`, seed 0): self-supervised "
@@ -231,7 +264,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--ablation", action="store_true", help="each fitting term off in turn (first seed)")
+    parser.add_argument("--ablation", action="store_true", help="each part of the fitting off in turn (first seed)")
     parser.add_argument("--label-free", action="store_true", help="centre-of-mass crops, fixed cameras")
     parser.add_argument("--quick", action="store_true", help="small data, short runs")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "selfsup")
@@ -246,16 +279,12 @@ def main() -> None:
     result = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "sizes": vars(sizes) | {},
               "seeds": seeds, "summary": summarise(seeds),
               "mean_pose_test": float(mean_pose_errors(paths["nyu"]).errors.mean())}
-    pretrain = args.work / "seed0" / "synthetic"
     if args.ablation:
-        base = finetunings(paths)["self_supervised"]
-        result["ablation"] = {term: finetune(f"without_{term}", 0, pretrain, paths, sizes, args.work,
-                                             base + [f"loss.{term}.enabled=false"]) for term in ABLATED_TERMS}
-        result["variants"] = {name: finetune(f"variant_{index}", 0, pretrain, paths, sizes, args.work, base + extra)
-                              for index, (name, extra) in enumerate(VARIANTS.items())}
+        result["ablation"] = ablation(paths, sizes, args.work)
     if args.label_free:
-        result["label_free"] = finetune("self_supervised_label_free", 0, pretrain, paths, sizes, args.work,
-                                        finetunings(paths)["self_supervised"], real=paths["nyu_label_free"])
+        pretrain = args.work / "seed0" / "synthetic"
+        fitted = pseudo_labels(pretrain, paths["nyu_label_free"], args.work / "seed0" / "fitted_label_free", sizes, [])
+        result["label_free"] = finetune("self_supervised_label_free", 0, pretrain, paths, sizes, args.work, [], fitted)
     text = report(result)
     print(text)
     args.notes.parent.mkdir(parents=True, exist_ok=True)

@@ -84,16 +84,20 @@ def encode_sample(fields: dict[str, Any]) -> dict[str, bytes]:
     """``{"depth.npy": array, "meta.json": dict}`` -> entry bytes, by extension, plus ``crc.json``."""
     out = {}
     for name, value in fields.items():
-        if name == CHECKSUM_ENTRY:
-            raise ValueError(f"shard entry name {name!r} is reserved for the per-sample checksums")
         if name.endswith(".npy"):
             out[name] = npy_bytes(value)
         elif name.endswith(".json"):
             out[name] = json_bytes(value)
         else:
             raise ValueError(f"cannot encode shard entry {name!r}: only .npy and .json are written")
-    out[CHECKSUM_ENTRY] = json_bytes({name: zlib.crc32(data) for name, data in out.items()})
-    return out
+    return with_checksums(out)
+
+
+def with_checksums(entries: dict[str, bytes]) -> dict[str, bytes]:
+    """Encoded entries (without ``crc.json``) -> the same plus ``crc.json``, the CRC32 of each."""
+    if CHECKSUM_ENTRY in entries:
+        raise ValueError(f"shard entry name {CHECKSUM_ENTRY!r} is reserved for the per-sample checksums")
+    return {**entries, CHECKSUM_ENTRY: json_bytes({name: zlib.crc32(data) for name, data in entries.items()})}
 
 
 def verify_checksums(url: str, key: str, entries: dict[str, bytes]) -> None:

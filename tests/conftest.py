@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import hand
+from geometry import background_depth, crop_to_pixels, invert_transform, make_transform, transform_points
+from renderer_cuda import render_spheres
+
 REPO = Path(__file__).resolve().parents[1]
 FAKE_TRAIN, FAKE_TEST = 48, 16
+SIZE, CUBE = 64, 300.0  # the crop geometry of the sphere scene
 
 
 
@@ -64,3 +69,33 @@ def synthetic_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     run_shards("synthetic", "--out", out, "--num-samples", 40, "--samples-per-shard", 10, "--seed", 5)
     return out
+
+
+@pytest.fixture(scope="session")
+def model() -> hand.HandModel:
+    return hand.HandModel()
+
+
+@pytest.fixture(scope="session")
+def scene(model: hand.HandModel) -> dict:
+    """Two frames of three views: true joints per view, cams, and the spheres rendered as observed depth."""
+    generator = torch.Generator().manual_seed(3)
+    poses = hand.sample_poses(2, generator=generator)
+    poses[:, :6] = 0.0  # palm facing the camera, centred in the crop
+    poses[1, 6:] *= 0.5
+    joints_1 = model.keypoints(poses)  # (2, 41, 3) in view 1's crop frame
+    angles = [0.0, 0.6, -0.5]
+    cams = []
+    for k, angle in enumerate(angles):
+        rotation = hand.axis_angle_to_matrix(torch.tensor([0.2 * k, angle, 0.0]))
+        cams.append(make_transform(rotation, torch.tensor([4.0 * k, -3.0 * k, 5.0 * k])))
+    cams = torch.stack(cams)[None].repeat(2, 1, 1, 1)  # (2, 3, 4, 4): view k -> view 1
+    joints = transform_points(invert_transform(cams), joints_1[:, None])  # (2, 3, 41, 3) per view
+    return {"joints": joints, "cams": cams, "depth": render_depth(joints, model.radii)}
+
+
+def render_depth(joints: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """Per-view sphere centres (B, V, J, 3) -> the spheres' crop depth (B, V, S, S) mm."""
+    pixels = crop_to_pixels(joints, SIZE, CUBE).reshape(-1, joints.shape[-2], 3)
+    depth = render_spheres(pixels, radii, SIZE, SIZE, background=background_depth(CUBE), pixels_per_mm=SIZE / CUBE)
+    return depth.reshape(*joints.shape[:2], SIZE, SIZE).clamp(max=background_depth(CUBE))

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import hand
-from renderer_cuda import render_spheres
-from geometry import background_depth, crop_to_pixels, invert_transform, make_transform, transform_points
+from geometry import background_depth, crop_to_pixels, invert_transform, transform_points
 from train.losses import (BoneLengthLoss, CollisionLoss, ConsistencyLoss, HeatmapMeanLoss, HeatmapTargetLoss,
                           JointDepthLoss, LossConfig, ProjectionLoss, TermConfig, build_losses)
 from train.network import NetworkConfig, NetworkOutput, build_network, spatial_softmax
@@ -20,35 +19,6 @@ SIZE, CUBE = 64, 300.0
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def model() -> hand.HandModel:
-    return hand.HandModel()
-
-
-@pytest.fixture(scope="module")
-def scene(model: hand.HandModel) -> dict:
-    """Two frames of three views: true joints per view, cams, and the spheres rendered as observed depth."""
-    generator = torch.Generator().manual_seed(3)
-    poses = hand.sample_poses(2, generator=generator)
-    poses[:, :6] = 0.0  # palm facing the camera, centred in the crop
-    poses[1, 6:] *= 0.5
-    joints_1 = model.keypoints(poses)  # (2, 41, 3) in view 1's crop frame
-    angles = [0.0, 0.6, -0.5]
-    cams = []
-    for k, angle in enumerate(angles):
-        rotation = hand.axis_angle_to_matrix(torch.tensor([0.2 * k, angle, 0.0]))
-        cams.append(make_transform(rotation, torch.tensor([4.0 * k, -3.0 * k, 5.0 * k])))
-    cams = torch.stack(cams)[None].repeat(2, 1, 1, 1)  # (2, 3, 4, 4): view k -> view 1
-    joints = transform_points(invert_transform(cams), joints_1[:, None])  # (2, 3, 41, 3) per view
-    return {"joints": joints, "cams": cams, "depth": render_depth(joints, model.radii)}
-
-
-def render_depth(joints: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
-    pixels = crop_to_pixels(joints, SIZE, CUBE).reshape(-1, joints.shape[-2], 3)
-    depth = render_spheres(pixels, radii, SIZE, SIZE, background=background_depth(CUBE), pixels_per_mm=SIZE / CUBE)
-    return depth.reshape(*joints.shape[:2], SIZE, SIZE).clamp(max=background_depth(CUBE))
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +43,9 @@ def test_defaults_are_the_reference_weights() -> None:
     cfg = LossConfig()
     weights = {name: term.weight for name, term in cfg.terms().items()}
     assert weights == {"synthetic_heatmap": 1e3, "synthetic_depth": 0.1, "projection": 1.0, "consistency": 1e-3,
-                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2, "supervised": 0.1}
-    assert [name for name, term in cfg.terms().items() if not term.enabled] == ["supervised"]  # labels: opt-in
+                       "prior": 1e-2, "collision": 1.0, "bone_length": 1.0, "heatmap_mean": 1e-2, "supervised": 0.1, "fitted": 0.1}
+    # labels and pseudo-labels: opt-in
+    assert [name for name, term in cfg.terms().items() if not term.enabled] == ["supervised", "fitted"]
     assert (cfg.consistency_steps, cfg.collision_tolerance_mm, cfg.bone_min_ratio, cfg.bone_max_ratio) == \
         (1500, 6.0, 0.80, 1.05)
     assert (cfg.projection_data_scale, cfg.projection_pairs, cfg.hand_size) == (500.0, "schedule", "template")
@@ -307,15 +278,18 @@ def test_disabled_terms_are_absent_and_prior_needs_a_file(model: hand.HandModel)
         build_losses(LossConfig(), model, "missing.pt", size=SIZE, cube_mm=CUBE)
 
 
-def test_supervised_term_reads_the_labels(model: hand.HandModel, scene: dict) -> None:
-    cfg = LossConfig(supervised=TermConfig(0.5), prior=TermConfig(1e-2, enabled=False))
+@pytest.mark.parametrize("term, key, joints, needs", [("supervised", "joints", 36, "labelled"),
+                                                      ("fitted", "fitted", 41, "train.pseudo_labels")])
+def test_joint_target_terms_read_their_targets(model: hand.HandModel, scene: dict, term: str, key: str, joints: int,
+                                               needs: str) -> None:
+    cfg = LossConfig(**{term: TermConfig(0.5)}, prior=TermConfig(1e-2, enabled=False))
     losses = build_losses(cfg, model, None, size=SIZE, cube_mm=CUBE)
-    batch = {"depth": scene["depth"], "cams": scene["cams"], "joints": scene["joints"][:, :, :36]}
+    batch = {"depth": scene["depth"], "cams": scene["cams"], key: scene["joints"][:, :, :joints]}
     exact = losses.real(real_output(scene["joints"].reshape(6, 41, 3)), batch, step=0)
-    assert float(exact["supervised"]) == 0.0
+    assert float(exact[term]) == 0.0
     off = losses.real(real_output((scene["joints"] + torch.tensor([3.0, 0.0, 0.0])).reshape(6, 41, 3)), batch, step=0)
-    assert float(off["supervised"]) == pytest.approx(0.5 * 9.0 / 3)  # (3 mm)^2 on x, mean over x, y, z
-    with pytest.raises(ValueError, match="labelled"):
+    assert float(off[term]) == pytest.approx(0.5 * 9.0 / 3)  # (3 mm)^2 on x, mean over x, y, z
+    with pytest.raises(ValueError, match=needs):
         losses.real(real_output(scene["joints"].reshape(6, 41, 3)), {"depth": scene["depth"], "cams": scene["cams"]},
                     step=0)
 

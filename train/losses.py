@@ -35,6 +35,9 @@ Definitions (``r`` = model sphere radii, ``d`` = distances between sphere centre
   ``relu(bone_min_ratio * L - l)^2 + relu(l - bone_max_ratio * L)^2`` (mm^2), averaged over poses and
   pairs: absolute scale, and a rigid palm.
 - ``supervised`` (off by default): MSE (mm^2) of each view's predicted NYU joints against the labels.
+- ``fitted`` (off by default): MSE (mm^2) of each view's predicted spheres against the fitted pseudo-labels
+  that ``python -m train.pseudo_labels`` adds to unlabelled shards (``fitted.npy``: a frozen network's
+  views fused and fitted to the depth by the fitting terms; see that module).
 - ``heatmap_mean``: mean squared raw heatmap score on real images (the reference's "hm_mean": a weak L2
   pull of the pre-softmax scores towards zero, keeping real-image heatmaps in the value range the
   synthetic targets train so the temperature softmax does not saturate into a hard arg-max).
@@ -87,6 +90,7 @@ class LossConfig:
     bone_length: TermConfig = _term(1.0)  # rigid pair lengths outside the band around the template (real)
     heatmap_mean: TermConfig = _term(1e-2)  # mean squared raw heatmap score (real)
     supervised: TermConfig = field(default_factory=lambda: TermConfig(0.1, enabled=False))  # labelled real joints
+    fitted: TermConfig = field(default_factory=lambda: TermConfig(0.1, enabled=False))  # fitted pseudo-labels
     prior_path: str | None = None  # pose VAE file written by `python -m train.prior`
     heatmap_sigma_cells: float = 1.0  # std of the synthetic Gaussian heatmap targets, heatmap cells
     projection_data_scale: float = 500.0  # data-to-model cost per mm of distance to the nearest sphere surface
@@ -109,7 +113,8 @@ class LossConfig:
 
 
 SYNTHETIC_TERMS = ("synthetic_heatmap", "synthetic_depth")
-REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean", "supervised")
+REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", "heatmap_mean", "supervised",
+              "fitted")
 
 
 class HeatmapTargetLoss(nn.Module):
@@ -177,6 +182,7 @@ class RealInputs:
     depth: torch.Tensor  # (B, V, S, S) observed crop depth, mm
     cams: torch.Tensor  # (B, V, 4, 4) view-k-to-view-1 transforms
     labels: torch.Tensor | None  # (B, V, 36, 3) labelled joints (only the supervised term reads them)
+    fitted: torch.Tensor | None  # (B, V, J, 3) fitted pseudo-labels of train.pseudo_labels (the fitted term)
     consistency_phase: bool  # the first ``consistency_steps`` of an epoch: consistency on, all view pairs
 
 
@@ -231,15 +237,24 @@ class ProjectionLoss(nn.Module):
                       radii: torch.Tensor | None = None) -> torch.Tensor:
         """Unsigned distance of each observed point to the nearest sphere surface, clipped, per pixel."""
         radii = (self.radii if radii is None else radii).expand(centres.shape[:-1])[..., None, :]  # (B, Vj, K, 1, J)
-        points = self.depth_points(depth)  # (B, Vj, P, 3)
-        # Squared distances via |p|^2 + |c|^2 - 2 p.c: (B, Vj, K, P, J) without a (..., 3) intermediate.
+        points, foreground = self.foreground_points(depth)  # (B, Vj, F, 3), (B, Vj, F)
+        # Squared distances via |p|^2 + |c|^2 - 2 p.c: (B, Vj, K, F, J) without a (..., 3) intermediate.
         cross = points[:, :, None] @ centres.transpose(-1, -2)
         squared = (points ** 2).sum(-1)[:, :, None, :, None] + (centres ** 2).sum(-1)[..., None, :] - 2 * cross
-        surface = (squared.clamp_min(1e-6).sqrt() - radii).abs().min(dim=-1).values  # (B, Vj, K, P)
+        surface = (squared.clamp_min(1e-6).sqrt() - radii).abs().min(dim=-1).values  # (B, Vj, K, F)
         cost = surface.clamp(max=self.max_distance) * self.data_scale
-        foreground = (depth < self.background).flatten(-2)[:, :, None]  # (B, Vj, 1, P)
-        cost = torch.where(foreground, cost, torch.zeros_like(cost))
-        return cost.mean(dim=-1).sum(dim=(1, 2)).mean()
+        cost = torch.where(foreground[:, :, None], cost, torch.zeros_like(cost))
+        return (cost.sum(dim=-1) / depth[0, 0].numel()).sum(dim=(1, 2)).mean()  # a mean over all S * S pixels
+
+    def foreground_points(self, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V, S, S) crop depth -> the crop-frame points of the foreground pixels, (B, V, F, 3), F the
+        largest foreground count of any image, and (B, V, F) which of them are real (the rest pad): the
+        data-to-model distances are computed for these only (a hand covers a fraction of its crop)."""
+        points = self.depth_points(depth)  # (B, V, P, 3)
+        foreground = (depth < self.background).flatten(-2)
+        count = max(int(foreground.sum(-1).max()), 1)
+        first = foreground.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[..., :count]
+        return points.gather(-2, first[..., None].expand(-1, -1, -1, 3)), foreground.gather(-1, first)
 
     def depth_points(self, depth: torch.Tensor) -> torch.Tensor:
         """(B, V, S, S) crop depth -> (B, V, S*S, 3) crop-frame points at the pixel centres."""
@@ -253,12 +268,18 @@ class ProjectionLoss(nn.Module):
         return sum(self(j, inputs.depth, inputs.cams, cross_views=cross) for j in inputs.stack_joints)
 
 
+def fuse_views(joints: torch.Tensor, cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-view joints (B, V, J, 3) -> (the views' joints in view 1's frame (B, V, J, 3), their per-coordinate
+    median over the views (B, 1, J, 3)): the multi-view estimate that consistency pulls every view towards."""
+    common = transform_points(cams.float(), joints.float())
+    return common, common.median(dim=1, keepdim=True).values
+
+
 class ConsistencyLoss(nn.Module):
     """MSE (mm^2) of each view's joints, mapped to view 1, to the per-coordinate median over views."""
 
     def forward(self, joints: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
-        common = transform_points(cams.float(), joints.float())  # (B, V, J, 3)
-        centre = common.median(dim=1, keepdim=True).values
+        common, centre = fuse_views(joints, cams)
         return F.mse_loss(common, centre.expand_as(common))
 
     def real(self, inputs: RealInputs) -> torch.Tensor:
@@ -361,14 +382,21 @@ class HeatmapMeanLoss(nn.Module):
         return self(inputs.logits)
 
 
-class SupervisedJointLoss(nn.Module):
-    """MSE (mm^2) of each view's predicted NYU joints against its labels, summed over stacks."""
+class JointTargetLoss(nn.Module):
+    """MSE (mm^2) of each view's predicted joints against per-view targets, summed over stacks: the labels
+    (``supervised``: the 36 NYU joints) or the fitted pseudo-labels (``fitted``: every sphere)."""
+
+    def __init__(self, target: Literal["labels", "fitted"]) -> None:
+        super().__init__()
+        self.target = target
 
     def real(self, inputs: RealInputs) -> torch.Tensor:
-        if inputs.labels is None:
-            raise ValueError("loss.supervised needs labelled real frames (batch['joints'])")
-        labels = inputs.labels.float()
-        return sum(F.mse_loss(j[..., :labels.shape[-2], :].float(), labels) for j in inputs.stack_joints)
+        target = getattr(inputs, self.target)
+        if target is None:
+            source = ("labelled real frames (batch['joints'])" if self.target == "labels" else
+                      "shards with fitted targets (batch['fitted']; build them with `python -m train.pseudo_labels`)")
+            raise ValueError(f"loss.{'supervised' if self.target == 'labels' else 'fitted'} needs {source}")
+        return sum(F.mse_loss(j[..., :target.shape[-2], :].float(), target) for j in inputs.stack_joints)
 
 
 class Losses(nn.Module):
@@ -395,7 +423,8 @@ class Losses(nn.Module):
                                                cfg.collision_tolerance_mm),
             "bone_length": lambda: BoneLengthLoss(pairs, template, cfg.bone_min_ratio, cfg.bone_max_ratio, sizer),
             "heatmap_mean": HeatmapMeanLoss,
-            "supervised": SupervisedJointLoss,
+            "supervised": lambda: JointTargetLoss("labels"),
+            "fitted": lambda: JointTargetLoss("fitted"),
         }
         self.terms = nn.ModuleDict({name: make() for name, make in modules.items() if name in self.weights})
 
@@ -430,12 +459,14 @@ class Losses(nn.Module):
         if output.joints.shape[0] != frames * NUM_VIEWS:
             raise ValueError(f"network output has {output.joints.shape[0]} images for {frames} frames of "
                              f"{NUM_VIEWS} views; feed batch['depth'].reshape(-1, 1, S, S)")
-        labels = batch.get("joints")
+        def optional(key: str) -> torch.Tensor | None:
+            value = batch.get(key)
+            return None if value is None else value.to(device, torch.float32, non_blocking=True)
+
         inputs = RealInputs(
             stack_joints=[j.reshape(frames, NUM_VIEWS, *j.shape[1:]) for j in _stack_joints(output)],
             logits=output.logits, depth=depth, cams=batch["cams"].to(device, torch.float32, non_blocking=True),
-            labels=None if labels is None else labels.to(device, torch.float32, non_blocking=True),
-            consistency_phase=self.consistency_active(step))
+            labels=optional("joints"), fitted=optional("fitted"), consistency_phase=self.consistency_active(step))
         return {name: self._weighted(name, self.terms[name].real(inputs)) for name in REAL_TERMS
                 if name in self.terms}
 

@@ -1,0 +1,99 @@
+"""Fitted pseudo-labels: fusion and fitting bring noisy view predictions towards the truth, the command
+writes checked shards that the trainer's `fitted` term reads, and bad inputs fail naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hand
+from shards.reader import make_loader
+from train.network import NetworkConfig, NetworkOutput, build_network
+from train.pseudo_labels import FITTED_ENTRY, FitConfig, fit_frames, main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class ViewsWithNoise(nn.Module):
+    """Stands in for a trained network: each view's true spheres plus independent noise (the errors that
+    fusion and fitting are there to remove)."""
+
+    def __init__(self, joints: torch.Tensor, noise_mm: float) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.joints = joints + noise_mm * torch.randn(joints.shape, generator=generator)
+
+    def forward(self, images: torch.Tensor) -> NetworkOutput:
+        return NetworkOutput([], [], self.joints.reshape(images.shape[0], -1, 3))
+
+
+def view1_error(joints: torch.Tensor, truth: torch.Tensor) -> float:
+    return float((joints[:, 0] - truth[:, 0]).norm(dim=-1).mean())
+
+
+def test_fusion_and_fitting_each_bring_the_views_closer_to_the_truth(model: hand.HandModel, scene: dict) -> None:
+    cfg = FitConfig(steps=60)
+    losses = cfg.losses(model, 64, 300.0)
+    result = fit_frames(ViewsWithNoise(scene["joints"], 8.0), losses, scene["depth"], scene["cams"], cfg)
+    network, fused, fitted = (view1_error(result[k], scene["joints"]) for k in ("network", "fused", "fitted"))
+    assert fused < 0.85 * network, (network, fused)
+    assert fitted < 0.8 * fused, (fused, fitted)
+    assert result["cost"][-1] < 0.5 * result["cost"][0]
+    unfitted = fit_frames(ViewsWithNoise(scene["joints"], 8.0), losses, scene["depth"], scene["cams"],
+                          FitConfig(steps=0))
+    torch.testing.assert_close(unfitted["fitted"], unfitted["fused"])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = NetworkConfig(stacks=1, width=16)
+    path = tmp_path_factory.mktemp("net") / "step-1.pt"
+    torch.save({"step": 1, "model": build_network(cfg).state_dict(),
+                "config": {"model": asdict(cfg), "data": {"size": 64, "cube": 300.0}}}, path)
+    return path
+
+
+def test_command_writes_checked_shards_with_fits(checkpoint: Path, nyu_shards_gt: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "fitted"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(nyu_shards_gt), "--out", str(out),
+                 "--steps", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    source = json.loads((nyu_shards_gt / "train" / "manifest.json").read_text())
+    manifest = json.loads((out / "train" / "manifest.json").read_text())
+    assert manifest["samples"] == source["samples"] == summary["frames"]
+    assert FITTED_ENTRY in manifest["keys"] and manifest["fitted"]["settings"]["steps"] == 3
+    assert set(summary["label_error_mm"]) == {"network", "fused", "fitted"}
+    assert (out / "test").resolve() == (nyu_shards_gt / "test").resolve()
+    fitted = next(iter(make_loader(out / "train", batch_size=8, batches_per_epoch=None, num_workers=0,
+                                   resampled=False)))  # format 2: every sample's checksums verified
+    original = next(iter(make_loader(nyu_shards_gt / "train", batch_size=8, batches_per_epoch=None,
+                                     num_workers=0, resampled=False)))
+    assert fitted["fitted"].shape == (8, 3, 41, 3) and torch.isfinite(fitted["fitted"]).all()
+    assert fitted["meta"] == original["meta"]
+    for name in ("depth", "cams", "joints"):
+        torch.testing.assert_close(fitted[name], original[name])
+
+
+def test_command_bad_inputs_exit_2_naming_them(checkpoint: Path, nyu_shards_gt: Path, synthetic_shards: Path,
+                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def fails(*args: str, net: Path = checkpoint) -> str:
+        assert main(["--checkpoint", str(net), *args]) == 2
+        return capsys.readouterr().err
+
+    assert "--out must differ" in fails("--data", str(nyu_shards_gt), "--out", str(nyu_shards_gt))
+    assert str(tmp_path / "absent" / "train") in fails("--data", str(tmp_path / "absent"), "--out", str(tmp_path / "o"))
+    synthetic_root = tmp_path / "synthetic-root"
+    synthetic_root.mkdir()
+    (synthetic_root / "train").symlink_to(synthetic_shards, target_is_directory=True)
+    assert "kind 'synthetic'" in fails("--data", str(synthetic_root), "--out", str(tmp_path / "o"))
+    assert "steps >= 0" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), "--steps", "-1")
+    assert "absent.pt" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"),
+                                net=tmp_path / "absent.pt")
