@@ -58,6 +58,21 @@ def test_zero_pose_rest_frame(model):
                               atol=1e-4)
 
 
+def test_wrist_sides_follow_nyu(model):
+    """NYU's PALM_1 is the wrist point on the little-finger side, PALM_2 the one on the thumb side."""
+    rest = model.keypoints(torch.zeros(1, 26))[0]
+    palm_1, palm_2 = rest[hand.NYU_JOINT_NAMES.index("PALM_1")], rest[hand.NYU_JOINT_NAMES.index("PALM_2")]
+    thumb_base, little_base = rest[hand.NYU_JOINT_NAMES.index("TH_KNU1_B")], rest[hand.NYU_JOINT_NAMES.index("F1_KNU1_B")]
+    assert little_base[0] < palm_1[0] < rest[hand.PALM_CENTER][0] < palm_2[0] < thumb_base[0]
+    assert anatomy.WRIST_LITTLE_SIDE == 30 and anatomy.WRIST_THUMB_SIDE == 31
+    # At any pose: PALM_2 nearer the thumb's base joints (TH_KNU2_B..TH_KNU1_B; an opposed thumb tip may reach
+    # across the palm) than PALM_1 is, PALM_1 nearer the little finger's knuckle.
+    kp = model.keypoints(_poses(50, 13))
+    thumb = kp[:, 27:30]
+    assert ((thumb - kp[:, 31:32]).norm(dim=-1) < (thumb - kp[:, 30:31]).norm(dim=-1)).all()
+    assert ((kp[:, 5] - kp[:, 30]).norm(dim=-1) < (kp[:, 5] - kp[:, 31]).norm(dim=-1)).all()
+
+
 def test_flexion_curls_towards_the_palm(model):
     pose = torch.zeros(1, 26)
     pose[0, 7] = 1.0  # index MCP flexion
