@@ -112,19 +112,32 @@ FOREARM_POINTS = np.array([
     [0.0, 92.0, 0.0, 15.0],
 ])
 
-# Joint limits per finger (abduction, flex 1, flex 2, flex 3), rad.
+# Joint limits per finger (abduction, flex 1, flex 2, flex 3), rad; abduction is about the finger's rest fan
+# (FINGER_FAN), + towards the thumb. Sources, per limit:
+# - Flexion (upper): the clinical norms of active motion, MCP 90, PIP 100, DIP 90 deg (American Academy of
+#   Orthopaedic Surgeons, "Joint Motion: Method of Measuring and Recording", 1965), with some slack for the
+#   sphere model (1.65 / 1.9 / 1.5 rad = 95 / 109 / 86 deg). Thumb: CMC flexion across the palm with
+#   opposition (1.0), MCP 50..70 deg (1.2 rad), IP 80..90 deg (1.5 rad).
+# - Hyperextension (lower): MCP 20 deg (-0.35; the norms allow up to 45 passive); PIP 10 deg (-0.17) and DIP
+#   20 deg (-0.35): the passive hyperextension common in healthy hands (the norms give 0 and 10 deg active).
+#   PIP and DIP were -0.1 / -0.2 until fitting 300 public NYU test frames left 43% / 37% of the little finger's
+#   and 9% / 7% of the ring finger's at that limit (issue 13). Thumb: CMC extension 20 deg, MCP and IP ~17 deg.
+# - Abduction: about 20..30 deg each way at the extended MCP (Kapandji, "The Physiology of the Joints", vol. 1),
+#   the index and little fingers the most mobile. The index's ulnar limit was -0.35, the middle's -0.35, the
+#   ring's and little finger's radial limits 0.3, until the NYU fit left 15%, 6%, 6% and 17% of them there
+#   (issue 13); now -0.5, -0.45, 0.4, 0.45. Thumb: CMC abduction +-0.6 about its rest direction.
 FINGER_LOWER = np.array([
-    [-0.35, -0.35, -0.1, -0.2],
-    [-0.35, -0.35, -0.1, -0.2],
-    [-0.45, -0.35, -0.1, -0.2],
-    [-0.7, -0.35, -0.1, -0.2],
+    [-0.5, -0.35, -0.17, -0.35],
+    [-0.45, -0.35, -0.17, -0.35],
+    [-0.45, -0.35, -0.17, -0.35],
+    [-0.7, -0.35, -0.17, -0.35],
     [-0.6, -0.4, -0.3, -0.3],
 ])
 FINGER_UPPER = np.array([
     [0.6, 1.65, 1.9, 1.5],
     [0.35, 1.65, 1.9, 1.5],
-    [0.3, 1.65, 1.9, 1.5],
-    [0.3, 1.65, 1.9, 1.5],
+    [0.4, 1.65, 1.9, 1.5],
+    [0.45, 1.65, 1.9, 1.5],
     [0.6, 1.0, 1.2, 1.5],
 ])
 
