@@ -8,11 +8,11 @@ mesh and sphere depth in the crop frame; ``python -m hand.viewer`` is the intera
 from hand.anatomy import (FINGERS, NUM_PARAMS, NUM_SPHERES, NYU_EVAL_JOINTS, NYU_JOINT_NAMES, PALM_CENTER,
                           PARAM_NAMES, SPHERE_NAMES)
 from hand.model import SHAPE_DIM, HandModel, axis_angle_to_matrix
-from hand.sampler import mean_flexion, sample_poses, sample_shapes
+from hand.sampler import mean_flexion, sample_poses, sample_poses_from_bank, sample_shapes
 from hand.skin import winding_number
 
 __all__ = [
     "FINGERS", "NUM_PARAMS", "NUM_SPHERES", "NYU_EVAL_JOINTS", "NYU_JOINT_NAMES", "PALM_CENTER", "PARAM_NAMES",
     "SPHERE_NAMES", "SHAPE_DIM", "HandModel", "axis_angle_to_matrix", "mean_flexion", "sample_poses",
-    "sample_shapes", "winding_number",
+    "sample_poses_from_bank", "sample_shapes", "winding_number",
 ]

@@ -165,6 +165,32 @@ def test_sampler_reproducible_and_covers_the_modes():
     assert (normals[:, 2] > 0.5).any() and (normals[:, 2] < -0.5).any()
 
 
+def test_sampler_synergies_and_thumb_range(model):
+    poses = _poses(3000, 14)
+    flexion = poses[:, 6:22].reshape(-1, 4, 4)[:, :, 1:]  # (N, finger, MCP/PIP/DIP)
+    correlation = torch.corrcoef(flexion[:, :, :2].mean(-1).T)
+    neighbours = correlation[[0, 1, 2], [1, 2, 3]]  # index-middle, middle-ring, ring-little
+    assert neighbours[0] > 0.5 and neighbours[1] > 0.6 and neighbours[2] > 0.45, "neighbouring fingers flex together"
+    assert correlation[0, 3] < neighbours.min(), "index and little the least coupled"
+    pip_dip = torch.corrcoef(torch.stack([flexion[:, :, 1].flatten(), flexion[:, :, 2].flatten()]))[0, 1]
+    assert pip_dip > 0.8, "the DIP follows the PIP"
+    # The thumb's whole motion: 1st..99th percentile of every thumb angle spans most of its joint range.
+    thumb, lower, upper = poses[:, 22:26], model.lower[22:26], model.upper[22:26]
+    span = (thumb.quantile(0.99, dim=0) - thumb.quantile(0.01, dim=0)) / (upper - lower)
+    assert (span > 0.85).all(), f"thumb angles span {span.tolist()} of their ranges"
+
+
+def test_sample_poses_from_bank():
+    bank = _poses(4, 15)
+    drawn = hand.sample_poses_from_bank(bank, 50, torch.Generator().manual_seed(2))
+    assert drawn.shape == (50, 26)
+    assert ((drawn[:, None, 6:] - bank[None, :, 6:]).abs().amax(-1).amin(1) < 1e-6).all()
+    assert len(set(drawn[:, 6].tolist())) == 4, "every bank row is drawn"
+    assert torch.equal(drawn, hand.sample_poses_from_bank(bank, 50, torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match="a pose bank is"):
+        hand.sample_poses_from_bank(torch.zeros(3, 20), 1)
+
+
 def test_sample_shapes():
     shapes = hand.sample_shapes(500, torch.Generator().manual_seed(0), spread=0.08)
     assert shapes.shape == (500, hand.SHAPE_DIM)
