@@ -196,6 +196,8 @@ def fit_labels_file(labels: Path, out: Path, frames: int | None, config: FitConf
     ``out/poses.npz``; returns what ``fit.json`` holds."""
     uvd = read_results(labels)
     labelled = np.flatnonzero(np.isfinite(uvd).all(axis=(1, 2)))
+    if not len(labelled):
+        raise ResultsFileError(labels, "holds no labelled frame (every line is nan)")
     chosen = labelled[pick_frames(len(labelled), frames)]
     start = time.perf_counter()
     result = fit_joints(uvd_to_camera(uvd[chosen]), config, progress)
