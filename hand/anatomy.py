@@ -13,8 +13,16 @@ Sphere layout (41 spheres): indices 0..35 are NYU's joints in NYU's order, six p
 thumb the three segments are distal phalanx, proximal phalanx and metacarpal. Every ``*_B`` sphere
 sits on the centre of the joint at the start of its phalanx, so it belongs rigidly to both bones that
 meet there and every pair of consecutive spheres of a finger keeps its distance at every pose.
-Then ``PALM_1..PALM_6`` (30..35: wrist thumb side, wrist little side, palm centre, upper palm under
-the index, mid palm, wrist centre) and 5 extra palm spheres (36..40) that fill the palm.
+Then ``PALM_1..PALM_6`` (30..35: wrist little-finger side, wrist thumb side, palm centre, upper palm
+under the index, mid palm, wrist centre) and 5 extra palm spheres (36..40) that fill the palm.
+
+Wrist sides, as NYU labels them: ``PALM_1`` is the wrist point on the little-finger side and ``PALM_2``
+the one on the thumb side (NYU test frame 1, view 1: PALM_1 at u = 184, PALM_2 at u = 210, the little
+fingertip at u = 169, the thumb at u = 250..260; fitting the model to 300 public test frames gives
+3.1 mm mean residual with these sides, 6.9 mm with them exchanged). The public labels (14 evaluation
+joints) hold no ``PALM_4..6``, and NYU's documentation gives their names only, so those three keep
+the placement above, unverified against NYU. :data:`WRIST_LITTLE_SIDE` and :data:`WRIST_THUMB_SIDE`
+name the two wrist spheres for every part that needs a side (mesh, palm pairs).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ _NYU_BLOCKS = ("F1", "F2", "F3", "F4", "TH")
 _NYU_SUFFIXES = ("KNU3_A", "KNU3_B", "KNU2_A", "KNU2_B", "KNU1_A", "KNU1_B")
 NYU_JOINT_NAMES = [f"{b}_{s}" for b in _NYU_BLOCKS for s in _NYU_SUFFIXES] + [f"PALM_{k}" for k in range(1, 7)]
 SPHERE_NAMES = NYU_JOINT_NAMES + [f"PALM_EXTRA_{k}" for k in range(1, 6)]
+WRIST_LITTLE_SIDE = SPHERE_NAMES.index("PALM_1")
+WRIST_THUMB_SIDE = SPHERE_NAMES.index("PALM_2")
 
 NYU_BLOCK_FINGER = (3, 2, 1, 0, 4)
 """Pose-order finger (index into FINGERS) of each NYU block F1, F2, F3, F4, TH."""
@@ -83,8 +93,8 @@ THUMB_FLEX_DIRECTION = np.array([-0.75, -0.1, -0.65])
 
 # Palm spheres 30..40 in the palm frame (x, y, z, radius), mm.
 PALM_SPHERES = np.array([
-    [16.0, 66.0, 0.0, 15.0],    # 30 PALM_1 wrist, thumb side
-    [-16.0, 66.0, 0.0, 15.0],   # 31 PALM_2 wrist, little side
+    [-16.0, 66.0, 0.0, 15.0],   # 30 PALM_1 wrist, little-finger side (-x)
+    [16.0, 66.0, 0.0, 15.0],    # 31 PALM_2 wrist, thumb side (+x)
     [0.0, 0.0, 0.0, 19.0],      # 32 PALM_3 palm centre (origin)
     [21.0, 2.0, 0.0, 17.0],     # 33 PALM_4 upper palm under the index
     [0.0, 28.0, 0.0, 19.0],     # 34 PALM_5 mid palm
@@ -102,19 +112,32 @@ FOREARM_POINTS = np.array([
     [0.0, 92.0, 0.0, 15.0],
 ])
 
-# Joint limits per finger (abduction, flex 1, flex 2, flex 3), rad.
+# Joint limits per finger (abduction, flex 1, flex 2, flex 3), rad; abduction is about the finger's rest fan
+# (FINGER_FAN), + towards the thumb. Sources, per limit:
+# - Flexion (upper): the clinical norms of active motion, MCP 90, PIP 100, DIP 90 deg (American Academy of
+#   Orthopaedic Surgeons, "Joint Motion: Method of Measuring and Recording", 1965), with some slack for the
+#   sphere model (1.65 / 1.9 / 1.5 rad = 95 / 109 / 86 deg). Thumb: CMC flexion across the palm with
+#   opposition (1.0), MCP 50..70 deg (1.2 rad), IP 80..90 deg (1.5 rad).
+# - Hyperextension (lower): MCP 20 deg (-0.35; the norms allow up to 45 passive); PIP 10 deg (-0.17) and DIP
+#   20 deg (-0.35): the passive hyperextension common in healthy hands (the norms give 0 and 10 deg active).
+#   PIP and DIP were -0.1 / -0.2 until fitting 300 public NYU test frames left 43% / 37% of the little finger's
+#   and 9% / 7% of the ring finger's at that limit (issue 13). Thumb: CMC extension 20 deg, MCP and IP ~17 deg.
+# - Abduction: about 20..30 deg each way at the extended MCP (Kapandji, "The Physiology of the Joints", vol. 1),
+#   the index and little fingers the most mobile. The index's ulnar limit was -0.35, the middle's -0.35, the
+#   ring's and little finger's radial limits 0.3, until the NYU fit left 15%, 6%, 6% and 17% of them there
+#   (issue 13); now -0.5, -0.45, 0.4, 0.45. Thumb: CMC abduction +-0.6 about its rest direction.
 FINGER_LOWER = np.array([
-    [-0.35, -0.35, -0.1, -0.2],
-    [-0.35, -0.35, -0.1, -0.2],
-    [-0.45, -0.35, -0.1, -0.2],
-    [-0.7, -0.35, -0.1, -0.2],
+    [-0.5, -0.35, -0.17, -0.35],
+    [-0.45, -0.35, -0.17, -0.35],
+    [-0.45, -0.35, -0.17, -0.35],
+    [-0.7, -0.35, -0.17, -0.35],
     [-0.6, -0.4, -0.3, -0.3],
 ])
 FINGER_UPPER = np.array([
     [0.6, 1.65, 1.9, 1.5],
     [0.35, 1.65, 1.9, 1.5],
-    [0.3, 1.65, 1.9, 1.5],
-    [0.3, 1.65, 1.9, 1.5],
+    [0.4, 1.65, 1.9, 1.5],
+    [0.45, 1.65, 1.9, 1.5],
     [0.6, 1.0, 1.2, 1.5],
 ])
 
@@ -146,8 +169,8 @@ _PALM_PAIRS = (
     ("TH_KNU1_B", "PALM_3"),
     ("PALM_1", "PALM_2"), ("PALM_1", "PALM_6"), ("PALM_2", "PALM_6"),
     ("PALM_3", "PALM_1"), ("PALM_3", "PALM_2"), ("PALM_3", "PALM_6"),
-    ("F4_KNU1_B", "PALM_2"), ("F1_KNU1_B", "PALM_1"),
-    ("TH_KNU1_B", "PALM_1"), ("TH_KNU1_B", "PALM_6"),
+    ("F4_KNU1_B", "PALM_1"), ("F1_KNU1_B", "PALM_2"),  # diagonals: index knuckle to little-side wrist and back
+    ("TH_KNU1_B", "PALM_2"), ("TH_KNU1_B", "PALM_6"),  # thumb base to the thumb-side wrist
     ("PALM_5", "PALM_3"), ("PALM_5", "PALM_6"),
 )
 

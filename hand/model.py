@@ -126,10 +126,13 @@ class HandModel(nn.Module):
                 parts.append((anatomy.finger_sphere_index(f, s), anatomy.finger_sphere_index(f, s + 1), bone))
         knuckle = [anatomy.finger_sphere_index(f, 5) for f in range(5)]  # index, middle, ring, little, CMC
         ix, md, rg, lt, cmc = knuckle
+        little_wrist, thumb_wrist = anatomy.WRIST_LITTLE_SIDE, anatomy.WRIST_THUMB_SIDE
+        # 40 hypothenar, 37 thenar, 35 wrist centre; forearm points 41 (thumb side), 42 (little side), 43.
         palm_web = [(lt, 39), (rg, 39), (rg, 32), (md, 32), (md, 33), (ix, 33),
                     (39, 32), (32, 33), (39, 40), (32, 34), (33, 38), (32, 40), (32, 38), (40, 34), (34, 38),
-                    (40, 36), (34, 36), (38, 37), (34, 37), (36, 37), (36, 35), (40, 31), (37, 30),
-                    (31, 35), (35, 30), (cmc, 37), (cmc, 38), (cmc, 30), (30, 41), (31, 42), (35, 43)]
+                    (40, 36), (34, 36), (38, 37), (34, 37), (36, 37), (36, 35), (40, little_wrist),
+                    (37, thumb_wrist), (little_wrist, 35), (35, thumb_wrist), (cmc, 37), (cmc, 38),
+                    (cmc, thumb_wrist), (thumb_wrist, 41), (little_wrist, 42), (35, 43)]
         return parts + [(a, b, 0) for a, b in palm_web]
 
     # ------------------------------------------------------------------ kinematics

@@ -8,6 +8,7 @@ and draws samples; labels writes a split's ground truth as an NYU results file (
   python -m shards fake-nyu --out data/fake-nyu --train 48 --test 16
   python -m shards nyu --nyu-root data/fake-nyu --out data/nyu-shards --workers 2
   python -m shards synthetic --out data/synth --num-samples 10000
+  python -m shards synthetic --out data/synth-bank --num-samples 10000 --poses fits/train/poses.npz
   python -m shards inspect data/nyu-shards --show 4 --out grid.png
   python -m shards labels data/nyu-shards/test --out labels.txt
 """
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--samples-per-shard", type=int, default=1000, help="samples per shard (default 1000)")
     synth.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    synth.add_argument("--poses", type=Path, default=None, metavar="FILE",
+                       help="pose bank (.npz with 'poses' (M, 26), e.g. the poses.npz of python -m hand.fit): "
+                       "draw its finger articulations instead of the pose sampler's. Fitted to a data set's "
+                       "labels, it uses those labels: never NYU's test labels")
 
     check = commands.add_parser("inspect", help="verify shards against their manifests; draw samples",
                                 description="Counts samples per split and shard, checks every sha256, that each "
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         from shards.synthetic import SyntheticConfig, build_synthetic
 
         manifest = build_synthetic(SyntheticConfig(out=args.out, num_samples=args.num_samples, seed=args.seed,
-                                                   samples_per_shard=args.samples_per_shard, workers=args.workers))
+                                                   samples_per_shard=args.samples_per_shard, workers=args.workers,
+                                                   poses=args.poses))
         print(f"{args.out}: {manifest['samples']} samples in {len(manifest['shards'])} shards")
     elif args.command == "inspect":
         from shards.inspect import draw_samples, format_reports, inspect

@@ -37,6 +37,14 @@ CAMERA_RIG = ((0.0, 0.0, 800.0), (72.0, 6.0, 760.0), (-66.0, -4.0, 870.0))
 SUBJECT_SHAPES = {1: (1.12, 1.07), 2: (0.93, 1.0)}  # (global scale, bone length scale)
 NYU_TEST_SUBJECT_CHANGE = 2440 / 8252  # fraction of NYU's test split taken by its first subject
 FOREARM_LENGTH_MM = 300.0
+# The fake subject's own joint range (26,): the hand model's limits before issue 13 widened some of them, kept so
+# that the fake data set does not change when the model's limits do.
+SUBJECT_LOWER = np.concatenate([np.full(6, -np.inf), np.array([
+    [-0.35, -0.35, -0.1, -0.2], [-0.35, -0.35, -0.1, -0.2], [-0.45, -0.35, -0.1, -0.2], [-0.7, -0.35, -0.1, -0.2],
+    [-0.6, -0.4, -0.3, -0.3]]).reshape(-1)])
+SUBJECT_UPPER = np.concatenate([np.full(6, np.inf), np.array([
+    [0.6, 1.65, 1.9, 1.5], [0.35, 1.65, 1.9, 1.5], [0.3, 1.65, 1.9, 1.5], [0.3, 1.65, 1.9, 1.5],
+    [0.6, 1.0, 1.2, 1.5]]).reshape(-1)])
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ class FakeScene:
         """Everything about one frame; depth (3, 480, 640) mm with 0 = missing, joints camera frames."""
         split_id = 0 if split == "train" else 1
         rng = np.random.default_rng([self.config.seed, split_id, index])
-        pose = torch.from_numpy(articulation(rng, self.model.lower.numpy(), self.model.upper.numpy()))[None].float()
+        pose = torch.from_numpy(articulation(rng, SUBJECT_LOWER, SUBJECT_UPPER))[None].float()
         rotation = arm_rotation(rng)
         pose[0, :3] = torch.from_numpy(Rotation.from_matrix(rotation).as_rotvec()).float()
         pose[0, 3:6] = 0.0

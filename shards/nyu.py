@@ -18,6 +18,7 @@ from PIL import Image
 
 from geometry import (Intrinsics, background_depth, clip_depth, crop_to_pixels, half_cube, inside_cube, project,
                       unproject)
+from hand import results as results_file
 from shards.format import BadInputError
 
 VIEWS = 3
@@ -27,8 +28,8 @@ MISSING_DEPTH_VALUES = (0, 32001)
 DEPTH_FILE = re.compile(r"^depth_([123])_(\d{7})\.png$")
 MAT_NAME = "joint_data.mat"
 
-# The values DESIGN.md gives for the NYU Kinect (the prototype used 588.235 / 587.084).
-NYU_INTRINSICS = Intrinsics(fx=588.03, fy=587.07, cx=320.0, cy=240.0)
+# The NYU Kinect's intrinsics are defined with the field's results format, which the hand fitting tool reads too.
+NYU_INTRINSICS = results_file.NYU_INTRINSICS
 NYU_IMAGE_WIDTH = 640
 NYU_IMAGE_HEIGHT = 480
 

@@ -28,10 +28,11 @@ import numpy as np
 
 from geometry import Intrinsics, project, unproject
 from hand import NYU_EVAL_JOINTS
+from hand import results as results_file
 from shards.format import MANIFEST_NAME, BadInputError, ShardsError, read_manifest, write_atomic
 from shards.nyu import NYU_INTRINSICS
 
-VALUES_PER_LINE = 3 * len(NYU_EVAL_JOINTS)  # 14 joints x (u, v, d)
+VALUES_PER_LINE = results_file.VALUES_PER_LINE
 # The community's uvd -> xyz: NYU's intrinsics with fy negated, so xyz comes out y up like joint_xyz.
 COMMUNITY_INTRINSICS = Intrinsics(fx=NYU_INTRINSICS.fx, fy=-NYU_INTRINSICS.fy, cx=NYU_INTRINSICS.cx,
                                   cy=NYU_INTRINSICS.cy)
@@ -60,46 +61,12 @@ def write_results(path: str | Path, uvd: np.ndarray) -> Path:
 
 
 def read_results(path: str | Path) -> np.ndarray:
-    """A results file -> (M, 14, 3) uvd; a line of 42 ``nan`` (no data for that frame) stays ``nan``.
-
-    Raises :class:`BadInputError` naming the file and the line for a wrong number of values, a value
-    that is not a number, or ``nan``/``inf`` inside an otherwise numeric line.
-    """
-    path = Path(path)
+    """A results file -> (M, 14, 3) uvd (:func:`hand.results.read_results`); a bad file raises
+    :class:`BadInputError` naming the file and the line."""
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInputError(path, f"cannot be read as a text results file ({error})") from None
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():  # trailing blank lines end the file; blank lines inside do not
-        lines.pop()
-    if not lines:
-        raise BadInputError(path, "is empty (expected one line per NYU test frame)")
-    rows = np.empty((len(lines), VALUES_PER_LINE))
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if len(fields) != VALUES_PER_LINE:
-            raise BadInputError(path, f"line {number}: {len(fields)} values, expected {VALUES_PER_LINE} "
-                                      f"({len(NYU_EVAL_JOINTS)} joints x u v d)")
-        try:
-            rows[number - 1] = [float(value) for value in fields]
-        except ValueError:
-            bad = next(value for value in fields if not _is_number(value))
-            raise BadInputError(path, f"line {number}: {bad!r} is not a number") from None
-        finite = np.isfinite(rows[number - 1])
-        if not finite.all() and not np.isnan(rows[number - 1]).all():
-            column = int(np.argmin(finite))
-            raise BadInputError(path, f"line {number}: {fields[column]} at joint {column // 3 + 1} "
-                                      f"({'uvd'[column % 3]}); only a whole line of nan marks a frame without data")
-    return rows.reshape(len(lines), len(NYU_EVAL_JOINTS), 3)
-
-
-def _is_number(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
+        return results_file.read_results(path)
+    except results_file.ResultsFileError as error:
+        raise BadInputError(error.path, error.reason) from None
 
 
 @dataclass

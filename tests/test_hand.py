@@ -58,6 +58,21 @@ def test_zero_pose_rest_frame(model):
                               atol=1e-4)
 
 
+def test_wrist_sides_follow_nyu(model):
+    """NYU's PALM_1 is the wrist point on the little-finger side, PALM_2 the one on the thumb side."""
+    rest = model.keypoints(torch.zeros(1, 26))[0]
+    palm_1, palm_2 = rest[hand.NYU_JOINT_NAMES.index("PALM_1")], rest[hand.NYU_JOINT_NAMES.index("PALM_2")]
+    thumb_base, little_base = rest[hand.NYU_JOINT_NAMES.index("TH_KNU1_B")], rest[hand.NYU_JOINT_NAMES.index("F1_KNU1_B")]
+    assert little_base[0] < palm_1[0] < rest[hand.PALM_CENTER][0] < palm_2[0] < thumb_base[0]
+    assert anatomy.WRIST_LITTLE_SIDE == 30 and anatomy.WRIST_THUMB_SIDE == 31
+    # At any pose: PALM_2 nearer the thumb's base joints (TH_KNU2_B..TH_KNU1_B; an opposed thumb tip may reach
+    # across the palm) than PALM_1 is, PALM_1 nearer the little finger's knuckle.
+    kp = model.keypoints(_poses(50, 13))
+    thumb = kp[:, 27:30]
+    assert ((thumb - kp[:, 31:32]).norm(dim=-1) < (thumb - kp[:, 30:31]).norm(dim=-1)).all()
+    assert ((kp[:, 5] - kp[:, 30]).norm(dim=-1) < (kp[:, 5] - kp[:, 31]).norm(dim=-1)).all()
+
+
 def test_flexion_curls_towards_the_palm(model):
     pose = torch.zeros(1, 26)
     pose[0, 7] = 1.0  # index MCP flexion
@@ -148,6 +163,32 @@ def test_sampler_reproducible_and_covers_the_modes():
     # Rotations cover all directions of the palm normal.
     normals = torch.tensor(Rotation.from_rotvec(a[:, :3].double().numpy()).as_matrix())[:, :, 2]
     assert (normals[:, 2] > 0.5).any() and (normals[:, 2] < -0.5).any()
+
+
+def test_sampler_synergies_and_thumb_range(model):
+    poses = _poses(3000, 14)
+    flexion = poses[:, 6:22].reshape(-1, 4, 4)[:, :, 1:]  # (N, finger, MCP/PIP/DIP)
+    correlation = torch.corrcoef(flexion[:, :, :2].mean(-1).T)
+    neighbours = correlation[[0, 1, 2], [1, 2, 3]]  # index-middle, middle-ring, ring-little
+    assert neighbours[0] > 0.5 and neighbours[1] > 0.6 and neighbours[2] > 0.45, "neighbouring fingers flex together"
+    assert correlation[0, 3] < neighbours.min(), "index and little the least coupled"
+    pip_dip = torch.corrcoef(torch.stack([flexion[:, :, 1].flatten(), flexion[:, :, 2].flatten()]))[0, 1]
+    assert pip_dip > 0.8, "the DIP follows the PIP"
+    # The thumb's whole motion: 1st..99th percentile of every thumb angle spans most of its joint range.
+    thumb, lower, upper = poses[:, 22:26], model.lower[22:26], model.upper[22:26]
+    span = (thumb.quantile(0.99, dim=0) - thumb.quantile(0.01, dim=0)) / (upper - lower)
+    assert (span > 0.85).all(), f"thumb angles span {span.tolist()} of their ranges"
+
+
+def test_sample_poses_from_bank():
+    bank = _poses(4, 15)
+    drawn = hand.sample_poses_from_bank(bank, 50, torch.Generator().manual_seed(2))
+    assert drawn.shape == (50, 26)
+    assert ((drawn[:, None, 6:] - bank[None, :, 6:]).abs().amax(-1).amin(1) < 1e-6).all()
+    assert len(set(drawn[:, 6].tolist())) == 4, "every bank row is drawn"
+    assert torch.equal(drawn, hand.sample_poses_from_bank(bank, 50, torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match="a pose bank is"):
+        hand.sample_poses_from_bank(torch.zeros(3, 20), 1)
 
 
 def test_sample_shapes():

@@ -50,7 +50,10 @@ def test_keypoints_sit_on_the_rendered_hand(synth, clean):
         window = depth[b, 0, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
         assert (window < BG).any(), "the palm centre projects onto hand pixels"
         nearest = (window - keypoints[b, PALM_CENTER, 2]).abs().min()
-        assert nearest < 40.0, f"surface depth {window.min():.1f} vs palm centre z {keypoints[b, PALM_CENTER, 2]:.1f}"
+        # Seen face-on the palm's surface lies ~20 mm before its centre; seen nearly edge-on (sample 0 of this
+        # batch since the pose sampler of issue 13: palm normal 81 deg off the view axis) the ray through the
+        # centre first meets the palm's side, 43 mm before it.
+        assert nearest < 60.0, f"surface depth {window.min():.1f} vs palm centre z {keypoints[b, PALM_CENTER, 2]:.1f}"
 
 
 def test_noise_is_reproducible_per_sample(synth, clean):
