@@ -11,7 +11,7 @@ import yaml
 
 from tests.test_train_data import write_nyu_split
 from train.config import ConfigError, TrainConfig, dump_config, load_config, validate
-from train.losses import LossConfig
+from train.losses import REAL_TERMS, LossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -33,7 +33,10 @@ def test_every_shipped_config_loads():
     assert all(selfsup.loss.terms()[name].enabled for name in reference), "selfsup.yaml turns every reference term on"
     assert not selfsup.loss.supervised.enabled, "the shipped self-supervised config reads no labels"
     stage_1 = load_config(ROOT / "configs/synthetic-cpu.yaml")
-    assert load_config(ROOT / "configs/selfsup-cpu.yaml").model == stage_1.model  # stage 2 starts from stage 1
+    stage_2 = load_config(ROOT / "configs/selfsup-cpu.yaml")
+    assert stage_2.model == stage_1.model  # stage 2 starts from stage 1
+    enabled = [name for name in REAL_TERMS if stage_2.loss.terms()[name].enabled]
+    assert enabled == ["fitted"], "selfsup-cpu.yaml trains the real frames on their fitted pseudo-labels alone"
 
 
 def test_every_shipped_config_validates_with_its_data(tmp_path):
@@ -45,7 +48,7 @@ def test_every_shipped_config_validates_with_its_data(tmp_path):
         cfg = load_config(path)
         if cfg.data.real_batch > 0 and path.name != "synthetic.yaml":
             if not real.exists():
-                write_nyu_split(real / "train", size=cfg.data.size, cube=cfg.data.cube)
+                write_nyu_split(real / "train", size=cfg.data.size, cube=cfg.data.cube, fitted=True)
                 write_nyu_split(real / "test", size=cfg.data.size, cube=cfg.data.cube)
             data = [f"data.real={real}"]
         else:
@@ -53,6 +56,16 @@ def test_every_shipped_config_validates_with_its_data(tmp_path):
         cfg = load_config(path, [*data, f"data.synthetic={synthetic}", f"loss.prior_path={prior}"])
         assert validate(cfg) is cfg, path.name
         assert cfg.data.has_synthetic and cfg.data.has_real == bool(data), path.name
+
+
+def test_fitted_term_needs_shards_with_pseudo_labels(tmp_path):
+    for split in ("train", "test"):
+        write_nyu_split(tmp_path / "nyu" / split, size=64, cube=300.0)
+    cfg = load_config(ROOT / "configs/selfsup-cpu.yaml", [f"data.real={tmp_path / 'nyu'}"])
+    with pytest.raises(ConfigError, match=r"'loss.fitted.enabled'.*no fitted pseudo-labels.*train.pseudo_labels"):
+        validate(cfg)
+    assert validate(load_config(ROOT / "configs/selfsup-cpu.yaml", [f"data.real={tmp_path / 'nyu'}",
+                                                                     "loss.fitted.enabled=false"]))
 
 
 @pytest.mark.parametrize("key, allowed", [

@@ -13,18 +13,20 @@ from shards.nyu_shards import NyuBuildConfig
 from train.data import DataConfig, build_streams
 
 
-def write_nyu_split(directory: Path, *, size: int, cube: float, manifest: bool = True) -> Path:
-    """A two-frame NYU split dir in the shard format; the manifest's args are the real builder's."""
+def write_nyu_split(directory: Path, *, size: int, cube: float, manifest: bool = True, fitted: bool = False) -> Path:
+    """A two-frame NYU split dir in the shard format; the manifest's args are the real builder's.
+    ``fitted``: with the pseudo-label entry that train.pseudo_labels adds."""
     directory.mkdir(parents=True)
+    extra = {"fitted.npy": np.zeros((3, 41, 3), np.float32)} if fitted else {}
     samples = [(f"{frame:07d}", encode_sample({
         "depth.npy": np.full((3, size, size), cube / 2, np.float32),
         "joints.npy": np.zeros((3, 36, 3), np.float32),
         "cams.npy": np.broadcast_to(np.eye(4, dtype=np.float32), (3, 4, 4)),
-        "meta.json": {"frame": frame, "split": "train", "size": size, "cube": cube}})) for frame in (1, 2)]
+        "meta.json": {"frame": frame, "split": "train", "size": size, "cube": cube}, **extra})) for frame in (1, 2)]
     sha = write_tar(directory / shard_name(0), samples)
     if manifest:
         args = NyuBuildConfig(nyu_root=directory, out=directory.parent, size=size, cube=cube).build_args("train")
-        write_manifest(directory, kind="nyu", keys=NYU_KEYS, records=[ShardRecord(shard_name(0), 2, sha, [])],
+        write_manifest(directory, kind="nyu", keys=(*NYU_KEYS, *extra), records=[ShardRecord(shard_name(0), 2, sha, [])],
                        args=args)
     return directory
 

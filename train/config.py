@@ -23,7 +23,7 @@ import yaml
 from shards.format import ShardsError, check_shard_files
 from train.checkpoint import CheckpointConfig
 from train.data import NO_TRAINING_DATA, DataConfig, check_crop_geometry, training_dirs
-from train.losses import REAL_TERMS, SYNTHETIC_TERMS, LossConfig
+from train.losses import FITTED_KEY, REAL_TERMS, SYNTHETIC_TERMS, LossConfig
 from train.metrics import MetricsConfig
 from train.monitor import EvalConfig
 from train.network import NetworkConfig
@@ -96,6 +96,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "(build it, or set eval.every=0 eval.at_start=false)")
     if cfg.data.real:
         _check_real_geometry(cfg)
+    if cfg.data.has_real and active_losses(cfg).fitted.enabled:
+        _check_fitted_targets(cfg)
     if not 0.0 <= cfg.data.max_corrupt_fraction < 1.0:
         raise ConfigError(f"config key 'data.max_corrupt_fraction' must be in [0, 1), got {cfg.data.max_corrupt_fraction}")
     for key, directory in training_dirs(cfg.data, evaluating=cfg.eval.enabled):
@@ -123,6 +125,16 @@ def _check_real_geometry(cfg: TrainConfig) -> None:
             check_crop_geometry(cfg.data, Path(cfg.data.real) / split)
         except (ValueError, ShardsError) as exc:
             raise ConfigError(f"config key 'data.real': {exc}") from exc
+
+
+def _check_fitted_targets(cfg: TrainConfig) -> None:
+    """loss.fitted trains on the pseudo-labels of train.pseudo_labels: the real train split must carry them."""
+    split = Path(cfg.data.real) / "train"
+    manifest = check_shard_files(split)
+    if manifest is not None and f"{FITTED_KEY}.npy" not in manifest.get("keys", []):
+        raise ConfigError(f"config key 'loss.fitted.enabled': {str(split)!r} has no fitted pseudo-labels "
+                          f"({FITTED_KEY}.npy); make them with `python -m train.pseudo_labels --checkpoint RUN "
+                          f"--data {cfg.data.real} --out DIR` and set data.real=DIR")
 
 
 def dump_config(cfg: Any) -> str:

@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # only for annotations: the hand package is passed in by the 
     from hand import HandModel
 
 NUM_VIEWS = 3
+FITTED_KEY = "fitted"  # the batch key (shard entry fitted.npy) of the pseudo-labels that loss.fitted reads
 ProjectionPairs = Literal["schedule", "all", "same_view"]
 HandSize = Literal["template", "predicted"]
 
@@ -466,7 +467,7 @@ class Losses(nn.Module):
         inputs = RealInputs(
             stack_joints=[j.reshape(frames, NUM_VIEWS, *j.shape[1:]) for j in _stack_joints(output)],
             logits=output.logits, depth=depth, cams=batch["cams"].to(device, torch.float32, non_blocking=True),
-            labels=optional("joints"), fitted=optional("fitted"), consistency_phase=self.consistency_active(step))
+            labels=optional("joints"), fitted=optional(FITTED_KEY), consistency_phase=self.consistency_active(step))
         return {name: self._weighted(name, self.terms[name].real(inputs)) for name in REAL_TERMS
                 if name in self.terms}
 

@@ -39,9 +39,9 @@ from shards.format import (CHECKSUM_ENTRY, CorruptShardError, ShardRecord, Shard
                            write_json_atomic, write_manifest, write_tar)
 from train.checkpoint import CheckpointError
 from train.evaluate import load_network
-from train.losses import NUM_VIEWS, LossConfig, Losses, RealInputs, TermConfig, build_losses, fuse_views
+from train.losses import FITTED_KEY, LossConfig, Losses, RealInputs, TermConfig, build_losses, fuse_views
 
-FITTED_ENTRY = "fitted.npy"
+FITTED_ENTRY = f"{FITTED_KEY}.npy"
 FITTING_TERMS = ("projection", "collision", "bone_length")
 
 
@@ -84,20 +84,24 @@ def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: 
 
     common, fused = fuse_views(network, cams)  # (B, V, J, 3) and (B, 1, J, 3), view 1's frame
     start = fused if cfg.fuse else common
-    common = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([common], lr=cfg.lr_mm)
+    joints = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([joints], lr=cfg.lr_mm)
+
+    def cost_of(joints: torch.Tensor) -> torch.Tensor:
+        inputs = RealInputs([per_view(joints)], [], depth, cams, None, None, consistency_phase=True)
+        return torch.stack([losses.weights[name] * losses.terms[name].real(inputs) for name in losses.terms]).sum()
+
     costs = []
-    for _ in range(cfg.steps + 1):  # the last pass only measures the final cost
-        inputs = RealInputs([per_view(common)], [], depth, cams, None, None, consistency_phase=True)
-        cost = torch.stack([losses.weights[name] * losses.terms[name].real(inputs) for name in losses.terms]).sum()
+    for _ in range(cfg.steps):
+        cost = cost_of(joints)
         costs.append(cost.detach())
-        if len(costs) > cfg.steps:
-            break
         optimizer.zero_grad()
         cost.backward()
         optimizer.step()
-    return {"network": network, "fused": per_view(start), "fitted": per_view(common.detach()),
-            "cost": torch.stack(costs) if costs else torch.zeros(1)}
+    with torch.no_grad():
+        costs.append(cost_of(joints))
+    return {"network": network, "fused": per_view(start), "fitted": per_view(joints.detach()),
+            "cost": torch.stack(costs)}
 
 
 @dataclass
@@ -131,39 +135,25 @@ def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg:
                           f"{config['data']['size']} px / {config['data']['cube']} mm")
     losses = cfg.losses(HandModel(), size, cube).to(device)
     target.mkdir(parents=True, exist_ok=True)
-    checked = manifest.get("format_version", 1) >= 2
     records, costs, errors = [], [], {"network": [], "fused": [], "fitted": []}
-    progress = tqdm(total=int(manifest["samples"]), desc="fitting frames", unit="frame")
-    for listed in manifest["shards"]:
-        shard = source / listed["name"]
-        samples = list(read_tar_samples(shard))
-        if len(samples) != int(listed["samples"]):
-            raise CorruptShardError(f"{shard}: {len(samples)} samples, the manifest lists {listed['samples']}: "
-                                    f"the shard is cut short or corrupted")
-        written = []
-        for start in range(0, len(samples), cfg.batch_frames):
-            chunk = samples[start:start + cfg.batch_frames]
-            if checked:
-                for key, entries in chunk:
-                    verify_checksums(str(shard), key, entries)
-            arrays = [{name: np.load(io.BytesIO(entries[name]), allow_pickle=False) for name in
-                       ("depth.npy", "cams.npy", "joints.npy") if name in entries} for _, entries in chunk]
-            depth = torch.tensor(np.stack([a["depth.npy"] for a in arrays]), dtype=torch.float32, device=device)
-            cams = torch.tensor(np.stack([a["cams.npy"] for a in arrays]), dtype=torch.float32, device=device)
-            result = fit_frames(net, losses, depth, cams, cfg)
-            costs.append(result["cost"][[0, -1]].cpu())
-            if all("joints.npy" in a for a in arrays):
-                labels = torch.tensor(np.stack([a["joints.npy"] for a in arrays]), dtype=torch.float32)
-                for name in errors:
-                    errors[name].append(_view1_error(result[name].cpu(), labels))
-            fitted = result["fitted"].cpu().numpy().astype(np.float32)
-            for (key, entries), joints in zip(chunk, fitted):
-                kept = {name: value for name, value in entries.items() if name != CHECKSUM_ENTRY}
-                written.append((key, with_checksums({**kept, FITTED_ENTRY: npy_bytes(joints)})))
-            progress.update(len(chunk))
-        records.append(ShardRecord(shard.name, len(written), write_tar(target / shard.name, written), []))
-    progress.close()
-    cost = torch.stack(costs).mean(0).tolist() if costs else [0.0, 0.0]
+    with tqdm(total=int(manifest["samples"]), desc="fitting frames", unit="frame") as progress:
+        for listed in manifest["shards"]:
+            written = []
+            for chunk in _checked_chunks(source / listed["name"], int(listed["samples"]), cfg.batch_frames,
+                                         checked=manifest.get("format_version", 1) >= 2):
+                arrays = [{name: np.load(io.BytesIO(entries[name]), allow_pickle=False) for name in
+                           ("depth.npy", "cams.npy", "joints.npy") if name in entries} for _, entries in chunk]
+                result = fit_frames(net, losses, _stacked(arrays, "depth.npy", device),
+                                    _stacked(arrays, "cams.npy", device), cfg)
+                costs.append(result["cost"][[0, -1]].cpu())
+                if all("joints.npy" in a for a in arrays):
+                    labels = _stacked(arrays, "joints.npy", "cpu")
+                    for name in errors:
+                        errors[name].append(_view1_error(result[name].cpu(), labels))
+                written += _with_fits(chunk, result["fitted"])
+                progress.update(len(chunk))
+            records.append(ShardRecord(listed["name"], len(written), write_tar(target / listed["name"], written), []))
+    cost = torch.stack(costs).mean(0).tolist()
     labelled = all(errors.values())
     summary = FitSummary(str(checkpoint), str(source), int(manifest["samples"]), asdict(cfg), cost[0], cost[1],
                          {name: float(torch.cat(v).mean()) for name, v in errors.items()} if labelled else None)
@@ -172,6 +162,32 @@ def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg:
     write_json_atomic(target / "fit.json", asdict(summary))
     _link_test_split(Path(data), Path(out))
     return summary
+
+
+Entries = dict[str, bytes]
+
+
+def _checked_chunks(shard: Path, expected: int, size: int, *, checked: bool) -> list[list[tuple[str, Entries]]]:
+    """A shard's samples, every byte read (and its checksums verified, format 2), in chunks of ``size``."""
+    samples = list(read_tar_samples(shard))
+    if len(samples) != expected:
+        raise CorruptShardError(f"{shard}: {len(samples)} samples, the manifest lists {expected}: "
+                                f"the shard is cut short or corrupted")
+    if checked:
+        for key, entries in samples:
+            verify_checksums(str(shard), key, entries)
+    return [samples[start:start + size] for start in range(0, len(samples), size)]
+
+
+def _stacked(arrays: list[dict[str, np.ndarray]], name: str, device: str) -> torch.Tensor:
+    return torch.tensor(np.stack([a[name] for a in arrays]), dtype=torch.float32, device=device)
+
+
+def _with_fits(chunk: list[tuple[str, Entries]], fitted: torch.Tensor) -> list[tuple[str, Entries]]:
+    """The chunk's samples with their fits added as fitted.npy and the checksums renewed."""
+    fits = fitted.cpu().numpy().astype(np.float32)
+    return [(key, with_checksums({**{n: v for n, v in entries.items() if n != CHECKSUM_ENTRY},
+                                  FITTED_ENTRY: npy_bytes(joints)})) for (key, entries), joints in zip(chunk, fits)]
 
 
 def _view1_error(joints: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
