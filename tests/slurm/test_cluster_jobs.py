@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["eval.every=0", "eval.at_start=false", "metrics.log_every=5", "metrics.image_every=0", "model.width=16",
         "data.synthetic_batch=4", "checkpoint.keep=3"]
 
+# The job left running at teardown; an odd duration, so that no other process on the machine matches it
+# (a plain "sleep 300" of another user once made this test fail).
+JOB_SLEEP = "sleep 4317"
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, request) -> Cluster:
@@ -162,7 +166,7 @@ def test_teardown_leaves_no_daemon_or_job(tmp_path):
     c = Cluster(tmp_path / "c")
     try:
         c.start()
-        c.run("sbatch", "--wrap", "sleep 300", "-o", str(tmp_path / "sleep.out"))
+        c.run("sbatch", "--wrap", JOB_SLEEP, "-o", str(tmp_path / "sleep.out"))
         deadline = time.monotonic() + 30
         while "RUNNING" not in c.run("squeue", "-h", "-o", "%T").stdout and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -173,5 +177,5 @@ def test_teardown_leaves_no_daemon_or_job(tmp_path):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], name
     left = subprocess.run(["pgrep", "-af", str(c.conf)], capture_output=True, text=True).stdout
     assert not left, left
-    sleeping = subprocess.run(["pgrep", "-af", "sleep 300"], capture_output=True, text=True).stdout
+    sleeping = subprocess.run(["pgrep", "-af", JOB_SLEEP], capture_output=True, text=True).stdout
     assert not sleeping, sleeping
