@@ -35,16 +35,17 @@ from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's packages, for the per-subject evaluation and the mean pose
-REAL_TERMS = ("projection", "consistency", "collision", "bone_length", "heatmap_mean", "prior", "fitted")
+from train.losses import REAL_TERMS  # noqa: E402 (after the sys.path line above)
+
 REAL_TERMS_OFF = [f"loss.{term}.enabled=false" for term in REAL_TERMS]
 # Pseudo-labels with one part of the fitting off (train.pseudo_labels options; first seed).
 FIT_ABLATION = {"view fusion (each view fitted apart)": ["--no-fuse"], "fitting steps (fused views only)": ["--steps", "0"],
                 "projection": ["--projection", "0"], "collision": ["--collision", "0"],
                 "bone_length": ["--bone-length", "0"]}
 # The reference's way: fine-tuning on the fitting terms' gradients, no pseudo-labels (weights chosen on val).
-DIRECT = [*REAL_TERMS_OFF, *(f"loss.{term}.enabled=true" for term in REAL_TERMS[:5]), "loss.projection.weight=1e-2",
-          "loss.consistency.weight=0.1", "loss.collision.weight=0.1", "loss.bone_length.weight=0.1",
-          "loss.heatmap_mean.weight=1e-2"]
+DIRECT_WEIGHTS = {"projection": 1e-2, "consistency": 0.1, "collision": 0.1, "bone_length": 0.1, "heatmap_mean": 1e-2}
+DIRECT = [*REAL_TERMS_OFF, *(f"loss.{term}.enabled=true" for term in DIRECT_WEIGHTS),
+          *(f"loss.{term}.weight={weight}" for term, weight in DIRECT_WEIGHTS.items())]
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,6 @@ class Sizes:
     synthetic_samples: int
     pretrain_steps: int
     finetune_steps: int
-
     fit_steps: int
 
 
@@ -110,12 +110,13 @@ def train(config: str, run_dir: Path, steps: int, overrides: list[str]) -> None:
                *overrides, log=run_dir / "train.log")
 
 
-def pseudo_labels(pretrain: Path, real: Path, out: Path, sizes: Sizes, options: list[str]) -> Path:
-    """Fitted pseudo-labels of ``real``/train from the pretrained network (made once)."""
+def pseudo_labels(pretrain: Path, real: Path, out: Path, sizes: Sizes, options: list[str]) -> tuple[Path, dict]:
+    """Fitted pseudo-labels of ``real``/train from the pretrained network (made once): their root and their
+    view-1 error against the train labels (network / fused / fitted, from ``fit.json``)."""
     if not (out / "train" / "fit.json").exists():
         python("-m", "train.pseudo_labels", "--checkpoint", str(pretrain), "--data", str(real), "--out", str(out),
                "--steps", str(sizes.fit_steps), *options)
-    return out
+    return out, json.loads((out / "train" / "fit.json").read_text())["label_error_mm"]
 
 
 def evaluate(run_dir: Path, split: Path, name: str) -> float:
@@ -158,8 +159,7 @@ def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path) -> dic
                                         "val": evaluate(pretrain, paths["val"] / "train", "val"),
                                         "subjects": per_subject(pretrain, paths["nyu"] / "test", sizes.test_frames),
                                         "synthetic": synthetic_error(pretrain)}}
-    fitted = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / "fitted", sizes, [])
-    row["pseudo_labels"] = json.loads((fitted / "train" / "fit.json").read_text())["label_error_mm"]
+    fitted, row["pseudo_labels"] = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / "fitted", sizes, [])
     runs = {"synthetic_only": (REAL_TERMS_OFF + ["data.real_batch=0"], paths["nyu"]),
             "self_supervised": ([], fitted),
             "supervised": (REAL_TERMS_OFF + ["loss.supervised.enabled=true"], paths["nyu"])}
@@ -183,9 +183,9 @@ def ablation(paths: dict[str, Path], sizes: Sizes, work: Path) -> dict[str, dict
     pretrain = work / "seed0" / "synthetic"
     rows = {}
     for index, (name, options) in enumerate(FIT_ABLATION.items()):
-        fitted = pseudo_labels(pretrain, paths["nyu"], work / "seed0" / f"fitted_without_{index}", sizes, options)
+        fitted, errors = pseudo_labels(pretrain, paths["nyu"], work / "seed0" / f"fitted_without_{index}", sizes, options)
         rows[f"without {name}"] = finetune(f"without_{index}", 0, pretrain, paths, sizes, work, [], fitted) | {
-            "pseudo_labels": json.loads((fitted / "train" / "fit.json").read_text())["label_error_mm"]}
+            "pseudo_labels": errors}
     rows["direct fitting-term fine-tuning (no pseudo-labels)"] = finetune("direct", 0, pretrain, paths, sizes, work,
                                                                           DIRECT, paths["nyu"])
     return rows
@@ -285,7 +285,7 @@ def main() -> None:
         result["ablation"] = ablation(paths, sizes, args.work)
     if args.label_free:
         pretrain = args.work / "seed0" / "synthetic"
-        fitted = pseudo_labels(pretrain, paths["nyu_label_free"], args.work / "seed0" / "fitted_label_free", sizes, [])
+        fitted, _ = pseudo_labels(pretrain, paths["nyu_label_free"], args.work / "seed0" / "fitted_label_free", sizes, [])
         result["label_free"] = finetune("self_supervised_label_free", 0, pretrain, paths, sizes, args.work, [], fitted)
         result["label_free"]["pretrained_test"] = evaluate(pretrain, paths["nyu_label_free"] / "test", "test-label-free")
     text = report(result)

@@ -4,6 +4,7 @@ writes checked shards that the trainer's `fitted` term reads, and bad inputs fai
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch import nn
 import hand
 from shards.reader import make_loader
 from train.network import NetworkConfig, NetworkOutput, build_network
+from tests.test_shards_corrupt import flip_payload
 from train.pseudo_labels import FITTED_ENTRY, FitConfig, fit_frames, main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -69,7 +71,8 @@ def test_command_writes_checked_shards_with_fits(checkpoint: Path, nyu_shards_gt
     source = json.loads((nyu_shards_gt / "train" / "manifest.json").read_text())
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["samples"] == source["samples"] == summary["frames"]
-    assert FITTED_ENTRY in manifest["keys"] and manifest["fitted"]["settings"]["steps"] == 3
+    assert FITTED_ENTRY in manifest["keys"] and summary["settings"]["steps"] == 3
+    assert json.loads((out / "train" / "fit.json").read_text()) == summary
     assert set(summary["label_error_mm"]) == {"network", "fused", "fitted"}
     assert (out / "test").resolve() == (nyu_shards_gt / "test").resolve()
     fitted = next(iter(make_loader(out / "train", batch_size=8, batches_per_epoch=None, num_workers=0,
@@ -97,3 +100,14 @@ def test_command_bad_inputs_exit_2_naming_them(checkpoint: Path, nyu_shards_gt: 
     assert "steps >= 0" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), "--steps", "-1")
     assert "absent.pt" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"),
                                 net=tmp_path / "absent.pt")
+
+
+def test_a_corrupt_source_shard_stops_it_naming_shard_and_sample(checkpoint: Path, nyu_shards_gt: Path,
+                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "nyu"
+    shutil.copytree(nyu_shards_gt, data)
+    shard = sorted((data / "train").glob("shard-*.tar"))[1]
+    key = flip_payload(shard)
+    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert str(shard) in error and key in error and "CRC32" in error, error

@@ -387,16 +387,14 @@ class JointTargetLoss(nn.Module):
     """MSE (mm^2) of each view's predicted joints against per-view targets, summed over stacks: the labels
     (``supervised``: the 36 NYU joints) or the fitted pseudo-labels (``fitted``: every sphere)."""
 
-    def __init__(self, target: Literal["labels", "fitted"]) -> None:
+    def __init__(self, target: Literal["labels", "fitted"], missing: str) -> None:
         super().__init__()
-        self.target = target
+        self.target, self.missing = target, missing  # which RealInputs field; the error when it is absent
 
     def real(self, inputs: RealInputs) -> torch.Tensor:
         target = getattr(inputs, self.target)
         if target is None:
-            source = ("labelled real frames (batch['joints'])" if self.target == "labels" else
-                      "shards with fitted targets (batch['fitted']; build them with `python -m train.pseudo_labels`)")
-            raise ValueError(f"loss.{'supervised' if self.target == 'labels' else 'fitted'} needs {source}")
+            raise ValueError(self.missing)
         return sum(F.mse_loss(j[..., :target.shape[-2], :].float(), target) for j in inputs.stack_joints)
 
 
@@ -424,8 +422,9 @@ class Losses(nn.Module):
                                                cfg.collision_tolerance_mm),
             "bone_length": lambda: BoneLengthLoss(pairs, template, cfg.bone_min_ratio, cfg.bone_max_ratio, sizer),
             "heatmap_mean": HeatmapMeanLoss,
-            "supervised": lambda: JointTargetLoss("labels"),
-            "fitted": lambda: JointTargetLoss("fitted"),
+            "supervised": lambda: JointTargetLoss("labels", "loss.supervised needs labelled real frames (batch['joints'])"),
+            "fitted": lambda: JointTargetLoss("fitted", f"loss.fitted needs shards with fitted targets (batch['{FITTED_KEY}']; "
+                                                        "build them with `python -m train.pseudo_labels`)"),
         }
         self.terms = nn.ModuleDict({name: make() for name, make in modules.items() if name in self.weights})
 

@@ -22,11 +22,11 @@ fitted for many steps once instead of one step per visit.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +35,9 @@ from tqdm import tqdm
 from geometry import invert_transform, transform_points
 from hand import NYU_EVAL_JOINTS, HandModel
 from shards.format import (CHECKSUM_ENTRY, CorruptShardError, ShardRecord, ShardsError, check_shard_files,
-                           crop_geometry, npy_bytes, read_tar_samples, verify_checksums, with_checksums,
-                           write_json_atomic, write_manifest, write_tar)
+                           crop_geometry, npy_bytes, read_tar_samples, with_checksums, write_json_atomic,
+                           write_manifest, write_tar)
+from shards.reader import decode_sample
 from train.checkpoint import CheckpointError
 from train.evaluate import load_network
 from train.losses import FITTED_KEY, LossConfig, Losses, RealInputs, TermConfig, build_losses, fuse_views
@@ -52,7 +53,7 @@ class FitConfig:
     steps: int = 50  # Adam steps per frame (0: the fused views alone)
     fuse: bool = True  # fuse the views before fitting (False: each view's prediction is fitted on its own)
     lr_mm: float = 0.5  # Adam step size, mm per step
-    projection: float = 1.0  # weight of the mutual projection term (all view pairs)
+    projection: float = 1.0  # weight of the mutual projection term (the fused hand against each view's depth)
     collision: float = 10.0  # weight of the collision term
     bone_length: float = 10.0  # weight of the bone-length term (template lengths)
     batch_frames: int = 32  # frames fitted together
@@ -119,7 +120,8 @@ class FitSummary:
 
 def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: FitConfig,
                  device: str = "cpu") -> FitSummary:
-    """Writes ``OUT/train`` (the samples of ``DATA/train`` plus ``fitted.npy``) and links ``OUT/test``."""
+    """Writes ``OUT/train`` (the samples of ``DATA/train`` plus ``fitted.npy``, and ``fit.json``: the settings
+    and what the fit did) and links ``OUT/test``."""
     source, target = Path(data) / "train", Path(out) / "train"
     manifest = check_shard_files(source)
     if manifest is None:
@@ -138,16 +140,17 @@ def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg:
     records, costs, errors = [], [], {"network": [], "fused": [], "fitted": []}
     with tqdm(total=int(manifest["samples"]), desc="fitting frames", unit="frame") as progress:
         for listed in manifest["shards"]:
+            samples = _read_shard(source / listed["name"], int(listed["samples"]),
+                                  checksums=manifest.get("format_version", 1) >= 2)
             written = []
-            for chunk in _checked_chunks(source / listed["name"], int(listed["samples"]), cfg.batch_frames,
-                                         checked=manifest.get("format_version", 1) >= 2):
-                arrays = [{name: np.load(io.BytesIO(entries[name]), allow_pickle=False) for name in
-                           ("depth.npy", "cams.npy", "joints.npy") if name in entries} for _, entries in chunk]
-                result = fit_frames(net, losses, _stacked(arrays, "depth.npy", device),
-                                    _stacked(arrays, "cams.npy", device), cfg)
+            for start in range(0, len(samples), cfg.batch_frames):
+                chunk = samples[start:start + cfg.batch_frames]
+                decoded = [sample for _, _, sample in chunk]
+                result = fit_frames(net, losses, _stacked(decoded, "depth", device), _stacked(decoded, "cams", device),
+                                    cfg)
                 costs.append(result["cost"][[0, -1]].cpu())
-                if all("joints.npy" in a for a in arrays):
-                    labels = _stacked(arrays, "joints.npy", "cpu")
+                if all("joints" in sample for sample in decoded):
+                    labels = _stacked(decoded, "joints", "cpu")
                     for name in errors:
                         errors[name].append(_view1_error(result[name].cpu(), labels))
                 written += _with_fits(chunk, result["fitted"])
@@ -158,7 +161,7 @@ def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg:
     summary = FitSummary(str(checkpoint), str(source), int(manifest["samples"]), asdict(cfg), cost[0], cost[1],
                          {name: float(torch.cat(v).mean()) for name, v in errors.items()} if labelled else None)
     write_manifest(target, kind="nyu", keys=(*[k for k in manifest["keys"] if k != CHECKSUM_ENTRY], FITTED_ENTRY),
-                   records=records, args=manifest.get("args", {}), extra={"fitted": asdict(summary)})
+                   records=records, args=manifest.get("args", {}))
     write_json_atomic(target / "fit.json", asdict(summary))
     _link_test_split(Path(data), Path(out))
     return summary
@@ -167,27 +170,26 @@ def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg:
 Entries = dict[str, bytes]
 
 
-def _checked_chunks(shard: Path, expected: int, size: int, *, checked: bool) -> list[list[tuple[str, Entries]]]:
-    """A shard's samples, every byte read (and its checksums verified, format 2), in chunks of ``size``."""
+def _read_shard(shard: Path, expected: int, *, checksums: bool) -> list[tuple[str, Entries, dict[str, Any]]]:
+    """A shard's samples as (key, raw entries, decoded sample), every byte read and, for format 2, every
+    checksum verified (``shards.reader.decode_sample``); a shard shorter than its manifest says is refused."""
     samples = list(read_tar_samples(shard))
     if len(samples) != expected:
         raise CorruptShardError(f"{shard}: {len(samples)} samples, the manifest lists {expected}: "
                                 f"the shard is cut short or corrupted")
-    if checked:
-        for key, entries in samples:
-            verify_checksums(str(shard), key, entries)
-    return [samples[start:start + size] for start in range(0, len(samples), size)]
+    return [(key, entries, decode_sample({"__key__": key, "__url__": str(shard), **entries}, checksums=checksums))
+            for key, entries in samples]
 
 
-def _stacked(arrays: list[dict[str, np.ndarray]], name: str, device: str) -> torch.Tensor:
-    return torch.tensor(np.stack([a[name] for a in arrays]), dtype=torch.float32, device=device)
+def _stacked(samples: list[dict[str, Any]], field: str, device: str) -> torch.Tensor:
+    return torch.tensor(np.stack([sample[field] for sample in samples]), dtype=torch.float32, device=device)
 
 
-def _with_fits(chunk: list[tuple[str, Entries]], fitted: torch.Tensor) -> list[tuple[str, Entries]]:
+def _with_fits(chunk: list[tuple[str, Entries, dict[str, Any]]], fitted: torch.Tensor) -> list[tuple[str, Entries]]:
     """The chunk's samples with their fits added as fitted.npy and the checksums renewed."""
     fits = fitted.cpu().numpy().astype(np.float32)
     return [(key, with_checksums({**{n: v for n, v in entries.items() if n != CHECKSUM_ENTRY},
-                                  FITTED_ENTRY: npy_bytes(joints)})) for (key, entries), joints in zip(chunk, fits)]
+                                  FITTED_ENTRY: npy_bytes(joints)})) for (key, entries, _), joints in zip(chunk, fits)]
 
 
 def _view1_error(joints: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m train.pseudo_labels",
         description="Fit a frozen network's fused multi-view predictions to the depth of unlabelled NYU train "
                     "frames and write shards that carry the fits (fitted.npy) for `loss.fitted`.",
-        epilog="Then: torchrun ... -m train --config configs/selfsup.yaml init=CHECKPOINT data.real=OUT. "
+        epilog="Then: torchrun ... -m train --config configs/selfsup-cpu.yaml init=CHECKPOINT data.real=OUT "
+               "(or any config with loss.fitted.enabled=true). "
                "No label is read to make the fits; OUT/test links to DATA/test for the evaluation.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its newest)")
     parser.add_argument("--data", required=True, help="NYU shards root holding train/ (and test/)")
