@@ -99,3 +99,12 @@ def render_depth(joints: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     pixels = crop_to_pixels(joints, SIZE, CUBE).reshape(-1, joints.shape[-2], 3)
     depth = render_spheres(pixels, radii, SIZE, SIZE, background=background_depth(CUBE), pixels_per_mm=SIZE / CUBE)
     return depth.reshape(*joints.shape[:2], SIZE, SIZE).clamp(max=background_depth(CUBE))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` (``pytest -m cuda`` selects them: the GPU suite) skip where no GPU is visible."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
