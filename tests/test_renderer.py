@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from renderer_cuda import ExtensionUnavailable, available_backends, extension, rasterize, render_spheres, resolve_backend
+from renderer_cuda import (ExtensionUnavailable, available_backends, extension, rasterize, render_spheres,
+                           resolve_backend)
 from renderer_cuda.shapes import random_blobs, sphere_mesh
 
 BG = 1000.0

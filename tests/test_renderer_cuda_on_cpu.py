@@ -61,7 +61,8 @@ class Scene:
         header = np.array([MAGIC, batch, vertices, self.faces.shape[0], self.height, self.width, self.supersample,
                            int(self.perspective)], np.int32)
         path.write_bytes(header.tobytes() + np.float32(self.background).tobytes()
-                         + self.vertices.numpy().astype(np.float32).tobytes() + self.faces.numpy().astype(np.int32).tobytes())
+                         + self.vertices.numpy().astype(np.float32).tobytes()
+                         + self.faces.numpy().astype(np.int32).tobytes())
 
     def render_cpu(self) -> torch.Tensor:
         """The CPU backend's kernel, called directly: rasterize() would refuse the out-of-range indices."""
@@ -132,7 +133,7 @@ def many_images_scene(batch: int = 65537) -> Scene:
     """More images than one launch's grid.y (65,535): the kernel's image loop must reach the last two.
     Each image's triangles lie at its own depth, so an image drawn into another's slot shows."""
     generator = torch.Generator().manual_seed(11)
-    vertices = torch.rand(batch, 4, 3, generator=generator) * torch.tensor([8.0, 6.0, 1.0]) - torch.tensor([1.0, 1.0, 0])
+    vertices = torch.rand(batch, 4, 3, generator=generator) * torch.tensor([8.0, 6.0, 1.0]) - torch.tensor([1, 1, 0])
     vertices[..., 2] += torch.arange(batch, dtype=torch.float32)[:, None]
     return Scene(vertices, torch.tensor([[0, 1, 2], [1, 3, 2]], dtype=torch.int32), 4, 6, background=-1.0)
 
@@ -181,7 +182,8 @@ def harnesses() -> dict[str, Path]:
         partial = path.with_name(f"harness.partial-{os.getpid()}")
         command = [COMPILER, *flags[name], f"-I{SHIM}", f"-I{extension.CSRC}", "-x", "c++", str(KERNEL_FILES[0]),
                    "-x", "none", str(SHIM / "simulator.cpp"), str(SHIM / "harness.cpp"), "-o", str(partial)]
-        running[name] = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), partial)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        running[name] = (process, partial)
     for name, (process, partial) in running.items():
         output = process.communicate(timeout=300)[0]
         assert process.returncode == 0, f"building the {name} harness failed:\n{output[-4000:]}"

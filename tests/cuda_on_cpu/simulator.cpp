@@ -148,8 +148,9 @@ void resolve_intrinsic(unsigned live) {
         if (!first) first = &lane;
         if (lane.waiting != first->waiting || lane.mask != first->mask) {
             char message[160];
-            snprintf(message, sizeof message, "divergent warp intrinsics: lane %d waits on %s mask %08x, another on %s mask %08x",
-                     k, intrinsic_name(lane.waiting), lane.mask, intrinsic_name(first->waiting), first->mask);
+            snprintf(message, sizeof message,
+                     "divergent warp intrinsics: lane %d waits on %s mask %08x, another on %s mask %08x", k,
+                     intrinsic_name(lane.waiting), lane.mask, intrinsic_name(first->waiting), first->mask);
             fail(message);
         }
     }
@@ -273,7 +274,8 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& thread) {
     std::iota(warp_order.begin(), warp_order.end(), 0);
 
     for (const uint64_t b : block_order) {
-        blockIdx = {(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / ((uint64_t)grid.x * grid.y))};
+        const uint64_t layer = (uint64_t)grid.x * grid.y;
+        blockIdx = {(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / layer)};
         if (warp.shuffled) std::shuffle(warp_order.begin(), warp_order.end(), warp.random);
         for (const int w : warp_order)
             run_warp(&ids[w * kWarpSize], std::min(kWarpSize, threads - w * kWarpSize));
