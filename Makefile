@@ -49,8 +49,9 @@ demo: venv
 	$(PY) -m shards inspect $(DEMO)/nyu --show 6 --out $(DEMO)/nyu-samples.png
 	$(TORCHRUN) --config configs/synthetic-cpu.yaml data.synthetic=$(DEMO)/synth data.real=$(DEMO)/nyu \
 		run.dir=$(DEMO)/synthetic
-	test -f $(DEMO)/nyu-fitted/train/fit.json || \
-		$(PY) -m train.pseudo_labels --checkpoint $(DEMO)/synthetic --data $(DEMO)/nyu --out $(DEMO)/nyu-fitted
+	test -f $(DEMO)/nyu-fitted/train/pseudo_labels.json || \
+		$(PY) -m train.pseudo_labels --checkpoint $(DEMO)/synthetic --data $(DEMO)/nyu --out $(DEMO)/nyu-fitted \
+			--config configs/pseudo-labels.yaml
 	$(TORCHRUN) --config configs/selfsup-cpu.yaml init=$(DEMO)/synthetic data.synthetic=$(DEMO)/synth \
 		data.real=$(DEMO)/nyu-fitted run.dir=$(DEMO)/selfsup
 	$(PY) -m train.report --data $(DEMO)/nyu --run synthetic_only=$(DEMO)/synthetic \

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from geometry import Crop  # noqa: E402
 from shards.fake_nyu import FakeNyuConfig, generate  # noqa: E402
 from shards.nyu import PALM_JOINT, VIEWS, crop_depth, depth_path, load_labels, read_depth  # noqa: E402
 from shards.nyu_shards import NyuBuildConfig, build_split  # noqa: E402
@@ -34,7 +35,7 @@ def raw_rate(split_dir: Path, repeats: int) -> float:
         for index in range(labels.num_frames):
             for view in range(VIEWS):
                 depth = read_depth(depth_path(split_dir, view + 1, index + 1))
-                crop_depth(depth, labels.joints[view, index, PALM_JOINT], 64, 300.0)
+                crop_depth(depth, labels.joints[view, index, PALM_JOINT], Crop())
     return repeats * labels.num_frames / (time.perf_counter() - start)
 
 

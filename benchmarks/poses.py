@@ -4,7 +4,7 @@
 
 Offline by default: renders a fake-NYU test split (``python -m shards fake-nyu``, poses from
 ``shards.fake_nyu.articulation``, a generator of its own), writes its view-1 labels in the field's results
-format and fits them with ``python -m hand.fit``. Reports:
+format and fits them with ``python -m shards fit-poses``. Reports:
 
 - **fit residual**: mean distance of the fitted model's 14 evaluation joints to the labels, and the error of
   all 36 fitted joints against the generator's true (noise-free) joints.
@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import hand  # noqa: E402
-from hand.fit import LABELLED_SPHERES  # noqa: E402
 from shards.fake_nyu import RECORD_NAME  # noqa: E402
 from shards.nyu import load_labels  # noqa: E402
-from shards.nyu_results import camera_to_uvd, write_results  # noqa: E402
+from shards.nyu_protocol import NYU_EVAL_JOINTS, camera_to_uvd, write_results  # noqa: E402
+from shards.pose_fit import POSES_NAME, SUMMARY_NAME  # noqa: E402
 from machine import describe_machine  # noqa: E402
 
 
@@ -49,8 +49,8 @@ def run_module(*args: object) -> None:
 
 
 def fit(labels: Path, out: Path, frames: int | None) -> tuple[dict, dict[str, np.ndarray]]:
-    run_module("hand.fit", "--labels", labels, "--out", out, *(["--frames", frames] if frames else []))
-    return json.loads((out / "fit.json").read_text()), dict(np.load(out / "poses.npz"))
+    run_module("shards", "fit-poses", "--labels", labels, "--out", out, *(["--frames", frames] if frames else []))
+    return json.loads((out / SUMMARY_NAME).read_text()), dict(np.load(out / POSES_NAME))
 
 
 def articulation_joints(poses: np.ndarray, model: hand.HandModel) -> torch.Tensor:
@@ -58,7 +58,7 @@ def articulation_joints(poses: np.ndarray, model: hand.HandModel) -> torch.Tenso
     local = torch.as_tensor(poses, dtype=torch.float32).clone()
     local[:, :6] = 0
     with torch.no_grad():
-        return model.keypoints(local)[:, LABELLED_SPHERES]
+        return model.keypoints(local)[:, NYU_EVAL_JOINTS]
 
 
 def nearest_rms(reference: torch.Tensor, candidates: torch.Tensor, exclude_self: bool = False) -> np.ndarray:
@@ -81,7 +81,7 @@ def coverage(reference_poses: np.ndarray, samples: torch.Tensor, model: hand.Han
 def write_view1_labels(split_dir: Path, out: Path) -> Path:
     """An NYU-layout split's view-1 labels (joint_data.mat) as a results file."""
     labels = load_labels(split_dir)
-    return write_results(out, camera_to_uvd(labels.joints[0][:, LABELLED_SPHERES]))
+    return write_results(out, camera_to_uvd(labels.joints[0][:, NYU_EVAL_JOINTS]))
 
 
 def fake_nyu_figures(work: Path, frames: int, samples: torch.Tensor, model: hand.HandModel) -> dict:

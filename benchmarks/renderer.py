@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from renderer_cuda import rasterize  # noqa: E402
 from renderer_cuda.shapes import random_blobs  # noqa: E402
-from geometry import background_depth, crop_to_pixels  # noqa: E402
+from geometry import Crop  # noqa: E402
 from machine import describe_machine  # noqa: E402
 
 CUBE_MM = 300.0
@@ -45,7 +45,7 @@ def hand_meshes(batch: int, size: int, seed: int) -> tuple[torch.Tensor, torch.T
         return vertices, faces, f"procedural blobs (hand unavailable: {error})"
     with torch.no_grad():
         vertices, faces = hand.HandModel().mesh(hand.sample_poses(batch, generator=generator))
-    pixels = crop_to_pixels(vertices.float(), size=size, cube_mm=CUBE_MM).contiguous()
+    pixels = Crop(size, CUBE_MM).to_pixels(vertices.float()).contiguous()
     return pixels, faces, "hand.HandModel().mesh(hand.sample_poses(n))"
 
 
@@ -74,7 +74,7 @@ def prototype_method(vertices: torch.Tensor, faces: torch.Tensor, size: int, big
 
 def run(args: argparse.Namespace) -> dict:
     vertices, faces, source = hand_meshes(args.batch, args.size, args.seed)
-    background = background_depth(CUBE_MM)
+    background = Crop(args.size, CUBE_MM).background_depth
     size, batch = args.size, args.batch
     draw = lambda v, backend, **kw: rasterize(v, faces.to(v.device), size, size,  # noqa: E731
                                               background=background, backend=backend, **kw)

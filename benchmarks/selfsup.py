@@ -35,13 +35,18 @@ from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's packages, for the per-subject evaluation and the mean pose
-from train.losses import REAL_TERMS  # noqa: E402 (after the sys.path line above)
+from shards.fake_nyu import subject_of  # noqa: E402 (after the sys.path line above)
+from shards.reader import make_loader  # noqa: E402
+from train.checkpoint import load_network  # noqa: E402
+from train.losses import REAL_TERMS  # noqa: E402
+from train.predictions import collect_errors  # noqa: E402
+from train.pseudo_labels import SUMMARY_NAME  # noqa: E402
+from train.report import mean_pose_errors  # noqa: E402
 
 REAL_TERMS_OFF = [f"loss.{term}.enabled=false" for term in REAL_TERMS]
 # Pseudo-labels with one part of the fitting off (train.pseudo_labels options; first seed).
-FIT_ABLATION = {"view fusion (each view fitted apart)": ["--no-fuse"], "fitting steps (fused views only)": ["--steps", "0"],
-                "projection": ["--projection", "0"], "collision": ["--collision", "0"],
-                "bone_length": ["--bone-length", "0"]}
+FIT_ABLATION = {"view fusion (each view fitted apart)": ["fuse=false"], "fitting steps (fused views only)": ["steps=0"],
+                "projection": ["projection=0"], "collision": ["collision=0"], "bone_length": ["bone_length=0"]}
 # The reference's way: fine-tuning on the fitting terms' gradients, no pseudo-labels (weights chosen on val).
 DIRECT_WEIGHTS = {"projection": 1e-2, "consistency": 0.1, "collision": 0.1, "bone_length": 0.1, "heatmap_mean": 1e-2}
 DIRECT = [*REAL_TERMS_OFF, *(f"loss.{term}.enabled=true" for term in DIRECT_WEIGHTS),
@@ -112,11 +117,12 @@ def train(config: str, run_dir: Path, steps: int, overrides: list[str]) -> None:
 
 def pseudo_labels(pretrain: Path, real: Path, out: Path, sizes: Sizes, options: list[str]) -> tuple[Path, dict]:
     """Fitted pseudo-labels of ``real``/train from the pretrained network (made once): their root and their
-    view-1 error against the train labels (network / fused / fitted, from ``fit.json``)."""
-    if not (out / "train" / "fit.json").exists():
+    view-1 error against the train labels (network / fused / fitted, from ``pseudo_labels.json``)."""
+    summary = out / "train" / SUMMARY_NAME
+    if not summary.exists():
         python("-m", "train.pseudo_labels", "--checkpoint", str(pretrain), "--data", str(real), "--out", str(out),
-               "--steps", str(sizes.fit_steps), *options)
-    return out, json.loads((out / "train" / "fit.json").read_text())["label_error_mm"]
+               f"steps={sizes.fit_steps}", *options)
+    return out, json.loads(summary.read_text())["label_error_mm"]
 
 
 def evaluate(run_dir: Path, split: Path, name: str) -> float:
@@ -130,11 +136,7 @@ def evaluate(run_dir: Path, split: Path, name: str) -> float:
 def per_subject(run_dir: Path, split: Path, frames: int) -> dict[str, float]:
     """Test error of each fake-NYU subject: the first ~30% of the test frames show the train subject, the
     rest a smaller second hand (as NYU's test split does; ``shards.fake_nyu.subject_of``)."""
-    from shards.fake_nyu import subject_of
-    from shards.reader import make_loader
-    from train.evaluate import collect_errors, load_network
-
-    net, _ = load_network(run_dir)
+    net, _, _ = load_network(run_dir)
     loader = make_loader(split, batch_size=64, batches_per_epoch=None, num_workers=0, resampled=False)
     collected = collect_errors(net, loader)
     subjects = [subject_of("test", int(frame) - 1, frames) for frame in collected.frames]
@@ -276,8 +278,6 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     paths = build_data(args.work, sizes, args.label_free)
     seeds = [run_seed(seed, paths, sizes, args.work) for seed in range(args.seeds)]
-    from train.report import mean_pose_errors
-
     result = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "sizes": vars(sizes) | {},
               "seeds": seeds, "summary": summarise(seeds),
               "mean_pose_test": float(mean_pose_errors(paths["nyu"]).errors.mean())}

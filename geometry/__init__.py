@@ -1,8 +1,8 @@
 """The crop frame and camera maths: the one ground-floor module every package imports.
 
 It imports nothing of the project (numpy and torch only), so ``hand``, ``shards`` and ``train`` can all
-use it. Facts of one data set (the NYU Kinect's intrinsics and image size, NYU's y-up labels) live with
-that data set in :mod:`shards.nyu`.
+use it. Facts of one data set (the NYU Kinect's intrinsics, its evaluation protocol) live with that data
+set in :mod:`shards.nyu_protocol`; NYU's file layout and y-up labels in :mod:`shards.nyu`.
 
 Frames (all lengths in millimetres):
 
@@ -10,17 +10,18 @@ Frames (all lengths in millimetres):
 - **image pixels**: ``u = fx * x / z + cx``, ``v = fy * y / z + cy`` (:func:`project`); pixel (i, j)
   covers ``u in [j, j+1)``, ``v in [i, i+1)`` (the rasterizer samples its centre, ``j + 0.5``).
 - **crop frame** of a view: the camera frame minus the crop centre.
-- **crop pixels**: an orthographic S x S window onto a ``cube`` mm cube around the centre,
-  ``u = x * S / cube + S / 2``, ``v = y * S / cube + S / 2`` (:func:`crop_to_pixels`); crop depth is
-  ``z`` in the crop frame. Pixels the hand does not cover, and missing sensor depth, hold
-  :func:`background_depth`, the far face of the cube; depth is clipped to ``[-cube/2, cube/2]``
-  (:func:`clip_depth`).
+- **crop pixels**: an orthographic S x S window onto a ``cube`` mm cube around the centre (a
+  :class:`Crop`), ``u = x * S / cube + S / 2``, ``v = y * S / cube + S / 2`` (:meth:`Crop.to_pixels`);
+  crop depth is ``z`` in the crop frame. Pixels the hand does not cover, and missing sensor depth, hold
+  :attr:`Crop.background_depth`, the far face of the cube; depth is clipped to ``[-cube/2, cube/2]``
+  (:meth:`Crop.clip_depth`).
 
 Every function takes numpy arrays or torch tensors and returns the same kind.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
@@ -28,9 +29,6 @@ import numpy as np
 import torch
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
-
-DEFAULT_CROP_SIZE = 64
-DEFAULT_CUBE_MM = 300.0
 
 
 @dataclass(frozen=True)
@@ -46,31 +44,61 @@ class Intrinsics:
         return asdict(self)
 
 
-def half_cube(cube_mm: float = DEFAULT_CUBE_MM) -> float:
-    """Half the cube edge: the crop frame spans ``[-half, half]`` mm on every axis."""
-    return cube_mm / 2.0
+@dataclass(frozen=True)
+class Crop:
+    """The orthographic crop every image of a run shares: ``size`` x ``size`` pixels onto a ``cube_mm`` cube.
 
+    One value, so that shards, synthesis, the network, the losses and checkpoints all agree on it (a
+    checkpoint records it; a run, an evaluation or a fit at another crop is refused: the mm-per-pixel scale
+    would be silently wrong).
+    """
 
-def background_depth(cube_mm: float = DEFAULT_CUBE_MM) -> float:
-    """Crop depth of uncovered pixels and missing sensor depth: the cube's far face."""
-    return half_cube(cube_mm)
+    size: int = 64  # crop side S in pixels
+    cube_mm: float = 300.0  # edge of the cube around the crop centre, mm
 
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 8:
+            raise ValueError(f"crop size must be an integer >= 8 pixels, got {self.size!r}")
+        if not (isinstance(self.cube_mm, (int, float)) and math.isfinite(self.cube_mm) and self.cube_mm > 0):
+            raise ValueError(f"crop cube must be a finite length > 0 mm, got {self.cube_mm!r}")
 
-def clip_depth(depth: Array, cube_mm: float = DEFAULT_CUBE_MM) -> Array:
-    """Crop depth clipped into the cube, ``[-cube/2, cube/2]``."""
-    half = half_cube(cube_mm)
-    return depth.clamp(-half, half) if isinstance(depth, torch.Tensor) else np.clip(depth, -half, half)
+    def __str__(self) -> str:
+        return f"{self.size} px / {self.cube_mm:g} mm"
 
+    @property
+    def half_mm(self) -> float:
+        """Half the cube edge: the crop frame spans ``[-half, half]`` mm on every axis."""
+        return self.cube_mm / 2.0
 
-def inside_cube(points: Array, cube_mm: float = DEFAULT_CUBE_MM) -> Array:
-    """(..., 3) crop-frame points -> (...) bool: strictly inside the crop cube."""
-    inside = abs(points) < half_cube(cube_mm)
-    return inside.all(-1) if isinstance(inside, torch.Tensor) else np.all(inside, axis=-1)
+    @property
+    def background_depth(self) -> float:
+        """Crop depth of uncovered pixels and missing sensor depth: the cube's far face."""
+        return self.half_mm
 
+    @property
+    def mm_per_pixel(self) -> float:
+        """Edge of one crop pixel in mm (``cube / S``)."""
+        return self.cube_mm / self.size
 
-def mm_per_pixel(size: int = DEFAULT_CROP_SIZE, cube_mm: float = DEFAULT_CUBE_MM) -> float:
-    """Edge of one crop pixel in mm (``cube / S``)."""
-    return cube_mm / size
+    def clip_depth(self, depth: Array) -> Array:
+        """Crop depth clipped into the cube, ``[-cube/2, cube/2]``."""
+        half = self.half_mm
+        return depth.clamp(-half, half) if isinstance(depth, torch.Tensor) else np.clip(depth, -half, half)
+
+    def inside(self, points: Array) -> Array:
+        """(..., 3) crop-frame points -> (...) bool: strictly inside the cube."""
+        inside = abs(points) < self.half_mm
+        return inside.all(-1) if isinstance(inside, torch.Tensor) else np.all(inside, axis=-1)
+
+    def to_pixels(self, points: Array) -> Array:
+        """Crop-frame points (..., 3) mm to crop pixels (u, v) and crop depth (mm), orthographic."""
+        scale, middle = 1.0 / self.mm_per_pixel, self.size / 2
+        return _stack([points[..., 0] * scale + middle, points[..., 1] * scale + middle, points[..., 2]])
+
+    def from_pixels(self, uvz: Array) -> Array:
+        """Inverse of :meth:`to_pixels`."""
+        scale, middle = self.mm_per_pixel, self.size / 2
+        return _stack([(uvz[..., 0] - middle) * scale, (uvz[..., 1] - middle) * scale, uvz[..., 2]])
 
 
 def _stack(parts: list[Array]) -> Array:
@@ -91,18 +119,6 @@ def unproject(uvz: Array, intrinsics: Intrinsics) -> Array:
     z = uvz[..., 2]
     return _stack([(uvz[..., 0] - intrinsics.cx) * z / intrinsics.fx,
                    (uvz[..., 1] - intrinsics.cy) * z / intrinsics.fy, z])
-
-
-def crop_to_pixels(points: Array, size: int = DEFAULT_CROP_SIZE, cube_mm: float = DEFAULT_CUBE_MM) -> Array:
-    """Crop-frame points (..., 3) mm to crop pixels (u, v) and crop depth (mm), orthographic."""
-    scale = 1.0 / mm_per_pixel(size, cube_mm)
-    return _stack([points[..., 0] * scale + size / 2, points[..., 1] * scale + size / 2, points[..., 2]])
-
-
-def pixels_to_crop(uvz: Array, size: int = DEFAULT_CROP_SIZE, cube_mm: float = DEFAULT_CUBE_MM) -> Array:
-    """Inverse of :func:`crop_to_pixels`."""
-    scale = mm_per_pixel(size, cube_mm)
-    return _stack([(uvz[..., 0] - size / 2) * scale, (uvz[..., 1] - size / 2) * scale, uvz[..., 2]])
 
 
 def transform_points(transform: Array, points: Array) -> Array:

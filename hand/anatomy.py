@@ -35,7 +35,6 @@ FINGERS = ("index", "middle", "ring", "little", "thumb")
 NUM_PARAMS = 26
 NUM_SPHERES = 41
 PALM_CENTER = 32
-NYU_EVAL_JOINTS = [0, 3, 6, 9, 12, 15, 18, 21, 24, 25, 27, 30, 31, 32]
 
 _NYU_BLOCKS = ("F1", "F2", "F3", "F4", "TH")
 _NYU_SUFFIXES = ("KNU3_A", "KNU3_B", "KNU2_A", "KNU2_B", "KNU1_A", "KNU1_B")

@@ -1,44 +1,33 @@
-"""Fit the hand model's 26 pose parameters and 17 shape parameters to labelled 3D joints.
+"""Fit the hand model's 26 pose parameters and 17 shape parameters to labelled 3D joints (arrays in, arrays out).
 
-    python -m hand.fit --labels labels.txt --out fits/nyu-test --frames 300
-    python -m shards labels data/nyu/test --out labels.txt      # an NYU shard split as a labels file first
-
-``--labels`` is a file in the field's results format (:mod:`hand.results`: one line per frame, the 14
-NYU evaluation joints as ``u v d`` in view-1 pixels of the NYU Kinect), turned into camera-frame
-points (mm, y down: the frame our right hand is built in). The fit minimises the squared distance of
-the model's spheres to the labelled joints, plus a weak pull of the shape towards the average hand
+``fit_joints(target, spheres)`` takes labelled joints (N, K, 3) in mm in a camera frame (y down: the frame
+our right hand is built in) and the hand model's sphere of each of the K labels. The fit minimises the
+squared distance of those spheres to the labels, plus a weak pull of the shape towards the average hand
 (``shape_prior_mm2`` per standard deviation of ``hand.sample_shapes``), with Adam; finger angles are
 projected into the joint limits after every step. It is robust to the global rotation: the model's palm
-triangle (``PALM_1``, ``PALM_2``, ``PALM_3``) is first aligned to the labelled one (Kabsch), then every
-frame is fitted from several starts (that alignment turned about the palm's axes, open and bent
-fingers) in one batch, and the start with the lowest residual wins.
+triangle (``PALM_1``, ``PALM_2``, ``PALM_3``, which the labels must include) is first aligned to the
+labelled one (Kabsch), then every frame is fitted from several starts (that alignment turned about the
+palm's axes, open and bent fingers) in one batch, and the start with the lowest residual wins.
 
-Writes ``OUT/fit.json`` (``mean_residual_mm``, ``per_joint_mm`` by NYU joint name, the fraction of
-finger angles that end at a joint limit, per parameter too) and ``OUT/poses.npz`` (``frames`` 1-based,
-``poses`` (N, 26) camera frame, ``shapes`` (N, 17), ``residual_mm`` (N, 14) per joint). Exit status 2
-for a bad labels file or argument.
+The command that fits a data set's labels (NYU's results format, or a shard split) and writes a pose bank
+is ``python -m shards fit-poses`` (:mod:`shards.pose_fit`): files are the data package's business.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
+from tqdm import tqdm
 
 from hand import anatomy
 from hand.model import SHAPE_DIM, HandModel, axis_angle_to_matrix
-from hand.results import ResultsFileError, read_results, uvd_to_camera
 
-# Sphere of each labelled joint, in the labels' order (the results format's 14 evaluation joints).
-LABELLED_SPHERES = tuple(anatomy.NYU_EVAL_JOINTS)
+PALM_TRIANGLE = ("PALM_1", "PALM_2", "PALM_3")  # aligned first (Kabsch): every label set must include them
 # Standard deviations of the shape prior: those of hand.sample_shapes (global scale 0.08, the rest 0.04).
 SHAPE_STD = torch.tensor([0.08] + [0.04] * (SHAPE_DIM - 1))
 AT_LIMIT_RAD = 1e-3  # a fitted angle this close to a limit counts as "at the limit"
@@ -49,8 +38,8 @@ FLEXION_STARTS = (0.1, 0.9)
 
 
 @dataclass(frozen=True)
-class FitConfig:
-    """How ``python -m hand.fit`` fits."""
+class PoseFitConfig:
+    """How :func:`fit_joints` fits."""
 
     steps: int = 300  # Adam steps per batch
     starts: int = 12  # starts per frame, at most len(ROTATION_STARTS) * len(FLEXION_STARTS)
@@ -69,8 +58,8 @@ class FitConfig:
 
 
 @dataclass
-class FitResult:
-    """Fitted poses (N, 26) camera frame, shapes (N, 17) and per-joint residuals (N, J) mm."""
+class PoseFit:
+    """Fitted poses (N, 26) camera frame, shapes (N, 17) and per-label residuals (N, K) mm."""
 
     poses: np.ndarray
     shapes: np.ndarray
@@ -82,10 +71,10 @@ class FitResult:
         lower, upper = model.lower[6:].numpy(), model.upper[6:].numpy()
         return (angles <= lower + AT_LIMIT_RAD) | (angles >= upper - AT_LIMIT_RAD)
 
-    def summary(self, model: HandModel) -> dict[str, object]:
-        """What ``fit.json`` holds: residuals overall and by joint, angles at their limits."""
+    def summary(self, model: HandModel, spheres: Sequence[int]) -> dict[str, object]:
+        """Residuals overall and by labelled sphere (``spheres``), finger angles at their limits."""
         at_limit = self.at_limit(model)
-        names = [anatomy.SPHERE_NAMES[i] for i in LABELLED_SPHERES]
+        names = [anatomy.SPHERE_NAMES[i] for i in spheres]
         return {"frames": len(self.poses), "mean_residual_mm": float(self.residual_mm.mean()),
                 "median_frame_residual_mm": float(np.median(self.residual_mm.mean(1))),
                 "per_joint_mm": {name: float(v) for name, v in zip(names, self.residual_mm.mean(0))},
@@ -104,10 +93,11 @@ def kabsch(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return vh.transpose(1, 2) @ fix @ u.transpose(1, 2)
 
 
-def _starts(target: torch.Tensor, model: HandModel, starts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _starts(target: torch.Tensor, spheres: list[int], model: HandModel,
+            starts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Start rotations (B*S, 3, 3), translations (B*S, 3) and finger angles (B*S, 20) for B frames."""
-    palm = [LABELLED_SPHERES.index(anatomy.SPHERE_NAMES.index(name)) for name in ("PALM_1", "PALM_2", "PALM_3")]
-    rest = model.keypoints(torch.zeros(1, model.num_params, dtype=target.dtype))[:, [LABELLED_SPHERES[i] for i in palm]]
+    palm = [spheres.index(anatomy.SPHERE_NAMES.index(name)) for name in PALM_TRIANGLE]
+    rest = model.keypoints(torch.zeros(1, model.num_params, dtype=target.dtype))[:, [spheres[i] for i in palm]]
     aligned = kabsch(rest.expand(len(target), -1, -1), target[:, palm])  # (B, 3, 3)
     combos = [(r, f) for f in FLEXION_STARTS for r in ROTATION_STARTS][:starts]
     turns = axis_angle_to_matrix(torch.tensor([r for r, _ in combos], dtype=target.dtype))  # (S, 3, 3) palm frame
@@ -120,10 +110,10 @@ def _starts(target: torch.Tensor, model: HandModel, starts: int) -> tuple[torch.
     return rotation, translation, angles[:, 6:].repeat(len(target), 1)
 
 
-def _fit_batch(target: torch.Tensor, model: HandModel, config: FitConfig) -> FitResult:
-    """Fit B frames (B, J, 3) from ``config.starts`` starts each; the best start per frame."""
+def _fit_batch(target: torch.Tensor, spheres: list[int], model: HandModel, config: PoseFitConfig) -> PoseFit:
+    """Fit B frames (B, K, 3) from ``config.starts`` starts each; the best start per frame."""
     frames, starts = len(target), config.starts
-    rotation0, translation0, angles0 = _starts(target, model, starts)
+    rotation0, translation0, angles0 = _starts(target, spheres, model, starts)
     turn = torch.zeros(len(rotation0), 3, requires_grad=True)  # rotation = exp(turn) @ rotation0
     translation = translation0.clone().requires_grad_(True)
     angles = angles0.clone().requires_grad_(True)
@@ -136,9 +126,9 @@ def _fit_batch(target: torch.Tensor, model: HandModel, config: FitConfig) -> Fit
     lower, upper = model.lower[6:], model.upper[6:]
 
     def residual() -> torch.Tensor:
-        """(B*S, J) distances of the labelled spheres to their labels, mm."""
+        """(B*S, K) distances of the labelled spheres to their labels, mm."""
         local = torch.cat([torch.zeros(len(angles), 6), angles], 1)
-        points = model.keypoints(local, 1 + shape_offset)[:, LABELLED_SPHERES]
+        points = model.keypoints(local, 1 + shape_offset)[:, spheres]
         rotation = axis_angle_to_matrix(turn) @ rotation0
         return (points @ rotation.transpose(1, 2) + translation[:, None] - goal).norm(dim=-1)
 
@@ -159,90 +149,28 @@ def _fit_batch(target: torch.Tensor, model: HandModel, config: FitConfig) -> Fit
         rotation = (axis_angle_to_matrix(turn) @ rotation0)[pick]
         rotvec = torch.from_numpy(Rotation.from_matrix(rotation.double().numpy()).as_rotvec()).float()
         poses = torch.cat([rotvec, translation[pick], angles[pick]], 1)
-        return FitResult(poses.numpy(), (1 + shape_offset[pick]).numpy(), distances[torch.arange(frames), best].numpy())
+        return PoseFit(poses.numpy(), (1 + shape_offset[pick]).numpy(), distances[torch.arange(frames), best].numpy())
 
 
-def fit_joints(target: np.ndarray, config: FitConfig = FitConfig(), progress: bool = True) -> FitResult:
-    """Fit the model to labelled joints (N, 14, 3) mm in a camera frame (y down), the labels' order being
-    ``LABELLED_SPHERES``; batched over frames, a tqdm bar per batch of frames."""
-    from tqdm import tqdm
-
+def fit_joints(target: np.ndarray, spheres: Sequence[int], config: PoseFitConfig = PoseFitConfig(),
+               progress: bool = True) -> PoseFit:
+    """Fit the model to labelled joints (N, K, 3) mm in a camera frame (y down), label k being the model's
+    sphere ``spheres[k]`` (the palm triangle among them); batched over frames, a tqdm bar per batch."""
+    spheres = [int(i) for i in spheres]
+    missing = [name for name in PALM_TRIANGLE if anatomy.SPHERE_NAMES.index(name) not in spheres]
+    if missing:
+        raise ValueError(f"the labels must include the palm triangle {PALM_TRIANGLE}; missing {missing}")
     target = torch.as_tensor(np.asarray(target), dtype=torch.float32)
-    if target.ndim != 3 or target.shape[1:] != (len(LABELLED_SPHERES), 3):
-        raise ValueError(f"labelled joints have shape {tuple(target.shape)}, expected (frames, {len(LABELLED_SPHERES)}, 3)")
+    if target.ndim != 3 or target.shape[1:] != (len(spheres), 3):
+        raise ValueError(f"labelled joints have shape {tuple(target.shape)}, expected (frames, {len(spheres)}, 3)")
     if not torch.isfinite(target).all():
         raise ValueError("labelled joints hold nan or inf; leave out frames without labels")
     model = HandModel()
     parts = []
     batches = range(0, len(target), config.batch_frames)
     for begin in tqdm(batches, desc="fit", unit="batch", disable=not progress):
-        parts.append(_fit_batch(target[begin:begin + config.batch_frames], model, config))
+        parts.append(_fit_batch(target[begin:begin + config.batch_frames], spheres, model, config))
     if not parts:
-        return FitResult(np.zeros((0, anatomy.NUM_PARAMS), np.float32), np.zeros((0, SHAPE_DIM), np.float32),
-                         np.zeros((0, len(LABELLED_SPHERES)), np.float32))
-    return FitResult(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("poses", "shapes", "residual_mm")))
-
-
-def pick_frames(total: int, count: int | None) -> np.ndarray:
-    """0-based indices of ``count`` frames spread evenly over ``total`` (all when ``count`` is None)."""
-    if count is None or count >= total:
-        return np.arange(total)
-    return np.unique(np.linspace(0, total - 1, count).round().astype(np.int64))
-
-
-def fit_labels_file(labels: Path, out: Path, frames: int | None, config: FitConfig,
-                    progress: bool = True) -> dict[str, object]:
-    """Read a results-format labels file, fit ``frames`` of its frames, write ``out/fit.json`` and
-    ``out/poses.npz``; returns what ``fit.json`` holds."""
-    uvd = read_results(labels)
-    labelled = np.flatnonzero(np.isfinite(uvd).all(axis=(1, 2)))
-    if not len(labelled):
-        raise ResultsFileError(labels, "holds no labelled frame (every line is nan)")
-    chosen = labelled[pick_frames(len(labelled), frames)]
-    start = time.perf_counter()
-    result = fit_joints(uvd_to_camera(uvd[chosen]), config, progress)
-    summary = {"labels": str(labels), **result.summary(HandModel()), "seconds": round(time.perf_counter() - start, 1),
-               "config": asdict(config)}
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "poses.npz", frames=chosen + 1, poses=result.poses, shapes=result.shapes,
-             residual_mm=result.residual_mm)
-    (out / "fit.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hand.fit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--labels", type=Path, required=True,
-                        help="labels in the field's results format (14 NYU evaluation joints, u v d, view 1)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory for fit.json and poses.npz")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="fit this many frames spread evenly over the file (default: all labelled frames)")
-    defaults = FitConfig()
-    parser.add_argument("--starts", type=int, default=defaults.starts,
-                        help=f"starts per frame, 1..{len(ROTATION_STARTS) * len(FLEXION_STARTS)} (default {defaults.starts})")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"Adam steps (default {defaults.steps})")
-    parser.add_argument("--batch-frames", type=int, default=defaults.batch_frames,
-                        help=f"frames fitted together (default {defaults.batch_frames})")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.frames is not None and args.frames < 1:
-        print(f"error: --frames must be >= 1, got {args.frames}", file=sys.stderr)
-        return 2
-    try:
-        config = FitConfig(steps=args.steps, starts=args.starts, batch_frames=args.batch_frames)
-        summary = fit_labels_file(args.labels, args.out, args.frames, config)
-    except (ResultsFileError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{summary['frames']} frames: mean residual {summary['mean_residual_mm']:.2f} mm, "
-          f"{100 * summary['at_limit_fraction']:.0f}% of finger angles at a joint limit; wrote {args.out}/fit.json "
-          f"and {args.out}/poses.npz")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return PoseFit(np.zeros((0, anatomy.NUM_PARAMS), np.float32), np.zeros((0, SHAPE_DIM), np.float32),
+                       np.zeros((0, len(spheres)), np.float32))
+    return PoseFit(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("poses", "shapes", "residual_mm")))

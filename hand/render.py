@@ -3,22 +3,22 @@
 :func:`render_mesh_depth` rasterizes the skinned mesh (synthetic training depth in
 ``train.synthesis``, ``python -m shards inspect`` drawings, the viewer); :func:`render_sphere_depth`
 renders spheres with the analytic sphere renderer (the viewer and the training monitor). Both return
-crop depth in mm with :func:`geometry.background_depth` where the hand is not.
+crop depth in mm with the crop's background depth (:attr:`geometry.Crop.background_depth`) where the
+hand is not.
 """
 
 from __future__ import annotations
 
 import torch
 
-from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM, background_depth, crop_to_pixels, mm_per_pixel
+from geometry import Crop
 from hand.model import HandModel
 from renderer_cuda import rasterize, render_spheres
 
 
 @torch.no_grad()
 def render_mesh_depth(model: HandModel, pose: torch.Tensor, shape: torch.Tensor | None = None, *,
-                      size: int = DEFAULT_CROP_SIZE, cube_mm: float = DEFAULT_CUBE_MM,
-                      offset_mm: torch.Tensor | None = None, forearm: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      crop: Crop = Crop(), offset_mm: torch.Tensor | None = None, forearm: tuple[torch.Tensor, torch.Tensor] | None = None,
                       supersample: int = 1, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Poses (B, 26) and shapes -> (mesh depth (B, S, S) mm, keypoints (B, 41, 3) mm in the crop frame).
 
@@ -37,15 +37,14 @@ def render_mesh_depth(model: HandModel, pose: torch.Tensor, shape: torch.Tensor 
     keypoints = model.keypoints(pose, shape)
     if offset_mm is not None:
         vertices, keypoints = vertices - offset_mm, keypoints - offset_mm
-    pixels = crop_to_pixels(vertices, size, cube_mm).float().contiguous()
-    depth = rasterize(pixels, faces.to(device=device, dtype=torch.int32), size, size,
-                      background=background_depth(cube_mm), supersample=supersample, backend=backend)
+    pixels = crop.to_pixels(vertices).float().contiguous()
+    depth = rasterize(pixels, faces.to(device=device, dtype=torch.int32), crop.size, crop.size,
+                      background=crop.background_depth, supersample=supersample, backend=backend)
     return depth, keypoints.float()
 
 
-def render_sphere_depth(centres_mm: torch.Tensor, radii: torch.Tensor, *, size: int = DEFAULT_CROP_SIZE,
-                        cube_mm: float = DEFAULT_CUBE_MM) -> torch.Tensor:
+def render_sphere_depth(centres_mm: torch.Tensor, radii: torch.Tensor, *, crop: Crop = Crop()) -> torch.Tensor:
     """Crop-frame sphere centres (B, N, 3) mm and radii (N,) mm -> (B, S, S) analytic sphere depth."""
-    pixels = crop_to_pixels(centres_mm.float(), size, cube_mm)
-    return render_spheres(pixels, radii.to(pixels.device), size, size, background=background_depth(cube_mm),
-                          pixels_per_mm=1.0 / mm_per_pixel(size, cube_mm))
+    pixels = crop.to_pixels(centres_mm.float())
+    return render_spheres(pixels, radii.to(pixels.device), crop.size, crop.size, background=crop.background_depth,
+                          pixels_per_mm=1.0 / crop.mm_per_pixel)

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geometry import DEFAULT_CUBE_MM, background_depth
+from geometry import Crop
 from hand.anatomy import PARAM_NAMES
 from hand.model import HandModel
+from hand.render import render_mesh_depth, render_sphere_depth
 from hand.sampler import sample_poses
 
-CUBE_MM = DEFAULT_CUBE_MM
 _TRANSLATION_RANGE = 100.0  # slider range of the translation parameters, mm
 _DEPTH_RANGE = 100.0  # colour range of crop depth, +- mm around the crop centre
 
@@ -75,14 +75,12 @@ def initial_pose(spec: str, seed: int, model: HandModel) -> torch.Tensor:
     return load_pose_file(Path(spec), model)
 
 
-def render_views(model: HandModel, pose: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sphere depth and mesh depth (each (size, size) float32, crop depth in mm) of one pose."""
-    from hand.render import render_mesh_depth, render_sphere_depth
-
+def render_views(model: HandModel, pose: torch.Tensor, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
+    """Sphere depth and mesh depth (each (S, S) float32, crop depth in mm) of one pose."""
     with torch.no_grad():
         batch = pose[None].float()
-        spheres = render_sphere_depth(model.keypoints(batch), model.radii, size=size, cube_mm=CUBE_MM)
-        mesh, _ = render_mesh_depth(model, batch, size=size, cube_mm=CUBE_MM)
+        spheres = render_sphere_depth(model.keypoints(batch), model.radii, crop=crop)
+        mesh, _ = render_mesh_depth(model, batch, crop=crop)
     return spheres[0].cpu().numpy(), mesh[0].cpu().numpy()
 
 
@@ -97,11 +95,11 @@ def _slider_range(model: HandModel, index: int) -> tuple[float, float]:
 class Viewer:
     """The figure: sliders on the left, sphere render top right, mesh depth bottom right."""
 
-    def __init__(self, model: HandModel, pose: torch.Tensor, size: int) -> None:
+    def __init__(self, model: HandModel, pose: torch.Tensor, crop: Crop) -> None:
         import matplotlib.pyplot as plt
         from matplotlib.widgets import Slider
 
-        self.model, self.size = model, size
+        self.model, self.crop = model, crop
         self.pose = pose.clone()
         self.figure = plt.figure(figsize=(12, 8))
         self.figure.suptitle("hand model: 26 pose parameters (radians; translation in mm)")
@@ -115,14 +113,15 @@ class Viewer:
             slider.valtext.set_fontsize(8)
             slider.on_changed(lambda value, index=index: self._changed(index, value))
             self.sliders.append(slider)
-        spheres, mesh = render_views(model, self.pose, size)
+        spheres, mesh = render_views(model, self.pose, crop)
         self.images = [self._panel((0.5, 0.52, 0.45, 0.4), spheres, "spheres (render_spheres)"),
                        self._panel((0.5, 0.05, 0.45, 0.4), mesh, "mesh depth (rasterize)")]
 
     def _panel(self, rect: tuple[float, float, float, float], depth: np.ndarray, title: str):
         import matplotlib
         axes = self.figure.add_axes(rect)
-        axes.set_title(f"{title}, {self.size}x{self.size} crop of a {CUBE_MM:.0f} mm cube", fontsize=9)
+        axes.set_title(f"{title}, {self.crop.size}x{self.crop.size} crop of a {self.crop.cube_mm:.0f} mm cube",
+                       fontsize=9)
         axes.set_xticks([])
         axes.set_yticks([])
         cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
@@ -131,14 +130,13 @@ class Viewer:
         self.figure.colorbar(image, ax=axes, fraction=0.046, label="crop depth (mm)")
         return image
 
-    @staticmethod
-    def _masked(depth: np.ndarray) -> np.ndarray:
+    def _masked(self, depth: np.ndarray) -> np.ndarray:
         """Background (the cube's far face) as NaN, drawn white, so the colours span the hand only."""
-        return np.where(depth < background_depth(CUBE_MM), depth, np.nan)
+        return np.where(depth < self.crop.background_depth, depth, np.nan)
 
     def _changed(self, index: int, value: float) -> None:
         self.pose[index] = value
-        for image, depth in zip(self.images, render_views(self.model, self.pose, self.size)):
+        for image, depth in zip(self.images, render_views(self.model, self.pose, self.crop)):
             image.set_data(self._masked(depth))
         self.figure.canvas.draw_idle()
 
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     except PoseFileError as error:
         print(f"hand.viewer: {error}", file=sys.stderr)
         return 2
-    viewer = Viewer(model, pose, args.size)
+    viewer = Viewer(model, pose, Crop(size=args.size))
     if args.save is not None:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         viewer.figure.savefig(args.save, dpi=80)

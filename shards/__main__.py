@@ -3,11 +3,13 @@
 Commands: fake-nyu writes a small NYU-format data set rendered from the hand model (no download); nyu
 crops NYU (or fake-nyu) frames into 3-view shards; synthetic samples poses from the joint-angle pose
 sampler into shards that training renders on the fly; inspect verifies shards against their manifests
-and draws samples; labels writes a split's ground truth as an NYU results file (the field's format).
+and draws samples; labels writes a split's ground truth as an NYU results file (the field's format);
+fit-poses fits the hand model to labelled joints (a pose bank for synthetic --poses).
 
   python -m shards fake-nyu --out data/fake-nyu --train 48 --test 16
   python -m shards nyu --nyu-root data/fake-nyu --out data/nyu-shards --workers 2
   python -m shards synthetic --out data/synth --num-samples 10000
+  python -m shards fit-poses --labels data/nyu-shards/train --out fits/train
   python -m shards synthetic --out data/synth-bank --num-samples 10000 --poses fits/train/poses.npz
   python -m shards inspect data/nyu-shards --show 4 --out grid.png
   python -m shards labels data/nyu-shards/test --out labels.txt
@@ -19,8 +21,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM
+from geometry import Crop
+from hand.fit import PoseFitConfig
+from shards.fake_nyu import FakeNyuConfig, generate
 from shards.format import ShardsError
+from shards.inspect import draw_samples, format_reports, inspect
+from shards.nyu_protocol import split_labels, write_results
+from shards.nyu_shards import NyuBuildConfig, build_nyu
+from shards.pose_fit import fit_labels
+from shards.synthetic import SyntheticConfig, build_synthetic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     nyu.add_argument("--nyu-root", type=Path, required=True, help="directory holding train/ and test/")
     nyu.add_argument("--out", type=Path, required=True, help="output directory")
     nyu.add_argument("--splits", default="train,test", help="comma-separated splits (default train,test)")
-    nyu.add_argument("--size", type=int, default=DEFAULT_CROP_SIZE,
-                     help=f"crop side, pixels (default {DEFAULT_CROP_SIZE})")
-    nyu.add_argument("--cube", type=float, default=DEFAULT_CUBE_MM, help=f"crop cube side, mm (default {DEFAULT_CUBE_MM:g})")
+    nyu.add_argument("--size", type=int, default=Crop().size, help=f"crop side, pixels (default {Crop().size})")
+    nyu.add_argument("--cube", type=float, default=Crop().cube_mm, help=f"crop cube side, mm (default {Crop().cube_mm:g})")
     nyu.add_argument("--center", default="gt", choices=("gt", "com"),
                      help="crop centre: gt = labelled palm joint 32; com = from depth alone (default gt)")
     nyu.add_argument("--cameras", default="per-frame", choices=("per-frame", "fixed"),
@@ -70,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--samples-per-shard", type=int, default=1000, help="samples per shard (default 1000)")
     synth.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     synth.add_argument("--poses", type=Path, default=None, metavar="FILE",
-                       help="pose bank (.npz with 'poses' (M, 26), e.g. the poses.npz of python -m hand.fit): "
+                       help="pose bank (.npz with 'poses' (M, 26), e.g. the poses.npz of fit-poses): "
                        "draw its finger articulations instead of the pose sampler's. Fitted to a data set's "
                        "labels, it uses those labels: never NYU's test labels")
 
@@ -88,50 +96,72 @@ def build_parser() -> argparse.ArgumentParser:
                                  "python -m train.evaluate --results, or with the field's own tools.")
     labels.add_argument("directory", type=Path, help="an NYU shard split dir, e.g. data/nyu-shards/test")
     labels.add_argument("--out", type=Path, required=True, help="labels file to write")
+
+    poses = commands.add_parser("fit-poses", help="fit the hand model to labelled joints (a pose bank)",
+                                description="Fits the hand model's pose and shape to each labelled frame (the 14 "
+                                "NYU evaluation joints of view 1) and writes OUT/poses.npz (a pose bank for "
+                                "synthetic --poses) and OUT/pose_fit.json (residuals per joint, angles at their "
+                                "limits). Fitting a data set's labels uses them: never NYU's test labels for "
+                                "training.")
+    poses.add_argument("--labels", type=Path, required=True,
+                       help="labels in the field's results format, or an NYU shard split dir")
+    poses.add_argument("--out", type=Path, required=True, help="output directory")
+    poses.add_argument("--frames", type=int, default=None,
+                       help="fit this many frames spread evenly over the labels (default: every labelled frame)")
+    fit_defaults = PoseFitConfig()
+    poses.add_argument("--starts", type=int, default=fit_defaults.starts,
+                       help=f"starts per frame (default {fit_defaults.starts})")
+    poses.add_argument("--steps", type=int, default=fit_defaults.steps,
+                       help=f"Adam steps (default {fit_defaults.steps})")
+    poses.add_argument("--batch-frames", type=int, default=fit_defaults.batch_frames,
+                       help=f"frames fitted together (default {fit_defaults.batch_frames})")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "fake-nyu":
-        from shards.fake_nyu import FakeNyuConfig, generate
-
         generate(args.out, FakeNyuConfig(train=args.train, test=args.test, seed=args.seed,
                                          label_noise_mm=args.label_noise, label_outliers=args.label_outliers,
                                          sensor_noise=not args.clean))
         print(f"wrote {args.out}/train ({args.train} frames) and {args.out}/test ({args.test} frames)")
     elif args.command == "nyu":
-        from shards.nyu_shards import NyuBuildConfig, build_nyu
-
+        try:
+            crop = Crop(args.size, args.cube)
+        except ValueError as error:
+            raise ShardsError(f"--size {args.size} --cube {args.cube:g}: {error}") from None
         config = NyuBuildConfig(nyu_root=args.nyu_root, out=args.out, splits=tuple(args.splits.split(",")),
-                                size=args.size, cube=args.cube, center=args.center, cameras=args.cameras,
+                                crop=crop, center=args.center, cameras=args.cameras,
                                 samples_per_shard=args.samples_per_shard, workers=args.workers,
                                 skip_bad=args.skip_bad)
         for split, manifest in build_nyu(config).items():
             print(f"{args.out}/{split}: {manifest['samples']} samples in {len(manifest['shards'])} shards, "
                   f"{len(manifest['skipped'])} frames skipped")
     elif args.command == "synthetic":
-        from shards.synthetic import SyntheticConfig, build_synthetic
-
         manifest = build_synthetic(SyntheticConfig(out=args.out, num_samples=args.num_samples, seed=args.seed,
                                                    samples_per_shard=args.samples_per_shard, workers=args.workers,
                                                    poses=args.poses))
         print(f"{args.out}: {manifest['samples']} samples in {len(manifest['shards'])} shards")
     elif args.command == "inspect":
-        from shards.inspect import draw_samples, format_reports, inspect
-
         reports = inspect(args.directory)
         print(format_reports(reports))
         if args.show:
             print(f"drew {args.show} samples into {draw_samples(args.directory, args.show, args.out)}")
         return 1 if any(r.faults for r in reports) else 0
     elif args.command == "labels":
-        from shards.nyu_results import missing_note, split_labels, write_results
-
         lines = split_labels(args.directory)
         write_results(args.out, lines.values)
         print(f"wrote {args.out}: {len(lines.values)} frames")
         if not lines.complete:
-            print(f"warning: {missing_note(lines.missing, len(lines.values))}", file=sys.stderr)
+            print(f"warning: {lines.missing_note()}", file=sys.stderr)
+    elif args.command == "fit-poses":
+        try:
+            config = PoseFitConfig(steps=args.steps, starts=args.starts, batch_frames=args.batch_frames)
+        except ValueError as error:
+            raise ShardsError(str(error)) from None
+        summary = fit_labels(args.labels, args.out, args.frames, config)
+        print(f"{summary['frames']} frames: mean residual {summary['mean_residual_mm']:.2f} mm, "
+              f"{100 * summary['at_limit_fraction']:.0f}% of finger angles at a joint limit; wrote "
+              f"{args.out}/poses.npz and {args.out}/pose_fit.json")
     return 0
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from geometry import DEFAULT_CUBE_MM, Intrinsics
-from shards.nyu import NYU_INTRINSICS, backproject
+from geometry import Crop, Intrinsics
+from shards.nyu import backproject
+from shards.nyu_protocol import NYU_INTRINSICS
 
 NEAREST_RANK = 40  # ignore this many nearest points: flying pixels and noise
 DEPTH_GAP_MM = 40.0  # a jump this large in sorted depth separates the hand/arm from what is behind
@@ -37,7 +38,7 @@ def foreground(points: np.ndarray) -> np.ndarray:
     return points[points[:, 2] <= cut]
 
 
-def find_center(depth: np.ndarray, cube: float = DEFAULT_CUBE_MM, intrinsics: Intrinsics = NYU_INTRINSICS,
+def find_center(depth: np.ndarray, cube: float = Crop().cube_mm, intrinsics: Intrinsics = NYU_INTRINSICS,
                 stride: int = 2) -> np.ndarray | None:
     """(480, 640) depth mm (0 = missing) -> crop centre (3,) camera frame mm, or None if nothing is seen.
 

@@ -26,8 +26,9 @@ from PIL import Image
 from scipy.ndimage import minimum_filter
 from scipy.spatial.transform import Rotation
 
-from shards.nyu import (MAT_NAME, NUM_JOINTS, NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, NYU_INTRINSICS, VIEWS, depth_path,
-                        encode_depth_png, nyu_xyz_to_camera)
+from shards.nyu import (MAT_NAME, NUM_JOINTS, NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, VIEWS, depth_path, encode_depth_png,
+                        nyu_xyz_to_camera)
+from shards.nyu_protocol import NYU_INTRINSICS, NYU_TEST_FRAMES, SUBJECT_2_FIRST_FRAME
 from shards.nyu import project_nyu as project
 
 RECORD_NAME = "fake_nyu.npz"
@@ -35,7 +36,7 @@ SCENE_CENTER = np.array([0.0, 0.0, 800.0])  # where the cameras look, in camera-
 # (yaw about the vertical axis, pitch, distance from SCENE_CENTER) per view; view 1 sits at the origin.
 CAMERA_RIG = ((0.0, 0.0, 800.0), (72.0, 6.0, 760.0), (-66.0, -4.0, 870.0))
 SUBJECT_SHAPES = {1: (1.12, 1.07), 2: (0.93, 1.0)}  # (global scale, bone length scale)
-NYU_TEST_SUBJECT_CHANGE = 2440 / 8252  # fraction of NYU's test split taken by its first subject
+NYU_TEST_SUBJECT_CHANGE = (SUBJECT_2_FIRST_FRAME - 1) / NYU_TEST_FRAMES  # NYU test's share of its first subject
 FOREARM_LENGTH_MM = 300.0
 # The fake subject's own joint range (26,): the hand model's limits before issue 13 widened some of them, kept so
 # that the fake data set does not change when the model's limits do.

@@ -12,17 +12,18 @@ Version 1 shards (no ``crc.json``, no sizes) still read, without per-sample chec
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
+
+from fileio import sha256_file, write_atomic, write_json_atomic
+from geometry import Crop
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no per-sample checksums, no shard sizes in the manifest
@@ -124,34 +125,8 @@ def verify_checksums(url: str, key: str, entries: dict[str, bytes]) -> None:
                                     f"{crc:08x}): the shard is corrupted")
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file so that it exists complete or not at all: the one atomic write of the project.
-
-    ``write(handle)`` fills a temporary file next to ``path`` (``.NAME.tmp-PID``); it is flushed and
-    fsynced, renamed over ``path`` and the directory is fsynced, so the rename survives a crash too.
-    If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
-
-
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> str:
-    """Write ``(key, entries)`` samples to ``path`` atomically (:func:`write_atomic`); returns sha256.
+    """Write ``(key, entries)`` samples to ``path`` atomically (:func:`fileio.write_atomic`); returns sha256.
 
     Entries get fixed metadata so that equal samples give byte-identical tars.
     """
@@ -173,14 +148,6 @@ def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> str:
     return sha256_file(path)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class ShardRecord:
     """One finished shard: its file name, sample count, checksum and the frames left out of it."""
@@ -196,11 +163,6 @@ class ShardRecord:
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> "ShardRecord":
         return cls(value["name"], int(value["samples"]), value["sha256"], list(value.get("skipped", [])))
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    text = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
-    write_atomic(path, lambda handle: handle.write(text))
 
 
 def write_manifest(directory: Path, *, kind: str, keys: tuple[str, ...], records: list[ShardRecord],
@@ -233,6 +195,20 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise ShardsError(f"{path}: format_version {manifest.get('format_version')!r}, "
                           f"this code reads {' and '.join(map(str, READABLE_VERSIONS))}")
     return manifest
+
+
+def has_checksums(manifest: dict[str, Any]) -> bool:
+    """Whether a manifest's samples carry per-sample CRC32s (``crc.json``, format 2 and later)."""
+    return int(manifest.get("format_version", 1)) >= 2
+
+
+def sample_count_problem(shard: str | Path, seen: int, expected: int | None) -> str | None:
+    """What is wrong when a shard read to its end held ``seen`` samples and its manifest lists ``expected``
+    (None: nothing, or no manifest to compare with)."""
+    if expected is None or seen == expected:
+        return None
+    return (f"{shard}: {seen} samples, {MANIFEST_NAME} lists {expected} (cut short or rewritten, or a damaged "
+            "tar header)")
 
 
 def check_shard_files(directory: str | Path) -> dict[str, Any] | None:
@@ -283,12 +259,11 @@ def read_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
         yield current, entries
 
 
-def crop_geometry(directory: str | Path) -> tuple[int, float]:
-    """(size S in pixels, cube in mm) of an NYU split dir's crops, read once from its metadata.
+def read_crop(directory: str | Path) -> Crop:
+    """The crop an NYU split dir's frames were cut at, read once from its metadata.
 
     The manifest's build args when there is a manifest, else the first sample's ``meta.json`` (a split
-    dir assembled by hand). Training compares them with its config: a different cube changes the
-    mm-per-pixel scale every real loss uses, without any shape error to give it away.
+    dir assembled by hand).
     """
     directory = Path(directory)
     if (directory / MANIFEST_NAME).exists():
@@ -299,9 +274,20 @@ def crop_geometry(directory: str | Path) -> tuple[int, float]:
     else:
         source, values = _first_meta(directory)
     try:
-        return int(values["size"]), float(values["cube"])
+        return Crop(int(values["size"]), float(values["cube"]))
     except (KeyError, TypeError, ValueError):
-        raise ShardsError(f"{source}: no crop size/cube (has {sorted(values)})") from None
+        raise ShardsError(f"{source}: no usable crop size/cube (has {sorted(values)})") from None
+
+
+def check_crop(directory: str | Path, crop: Crop, user: str) -> None:
+    """The one check that NYU shards were cut at ``crop``, the crop of ``user`` (a run's config, a
+    checkpoint's network): a different cube changes the mm-per-pixel scale of every real loss and every
+    decoded joint without any shape error to give it away. Raises ShardsError naming both crops."""
+    found = read_crop(directory)
+    if found != crop:
+        raise ShardsError(f"NYU shards {directory} were cut at {found}, but {user} uses {crop}: use shards cut "
+                          f"at {crop} (`python -m shards nyu --size {crop.size} --cube {crop.cube_mm:g}`) or "
+                          f"that crop")
 
 
 def _first_meta(directory: Path) -> tuple[str, dict[str, Any]]:

@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
-from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM, crop_to_pixels
-from shards.format import (MANIFEST_NAME, CorruptShardError, ShardsError, read_manifest, read_tar_samples, sha256_file,
-                           verify_checksums)
+from geometry import Crop
+from hand import HandModel
+from hand.render import render_mesh_depth
+from fileio import sha256_file
+from shards.format import (MANIFEST_NAME, CorruptShardError, ShardsError, has_checksums, read_manifest,
+                           read_tar_samples, sample_count_problem, verify_checksums)
 from shards.reader import decode_sample
 
 
@@ -66,7 +70,7 @@ def verify_split(directory: Path) -> SplitReport:
         if sha256_file(path) != shard["sha256"]:
             report.faults.append(f"{path}: sha256 differs from {MANIFEST_NAME} (corrupted or rewritten)")
         report.rows.append((shard["name"], _check_tar(path, keys, shard["samples"], report.faults,
-                                                      checksums=manifest["format_version"] >= 2)))
+                                                      checksums=has_checksums(manifest))))
     for stray in sorted(directory.glob("shard-*.tar")):
         if stray.name not in listed:
             report.faults.append(f"{stray}: not listed in {MANIFEST_NAME}")
@@ -90,8 +94,9 @@ def _check_tar(path: Path, keys: set[str], expected: int, faults: list[str], *, 
     except (tarfile.TarError, OSError, EOFError) as error:
         faults.append(f"{path}: unreadable after {count} samples ({error})")
         return count
-    if count != expected:
-        faults.append(f"{path}: {count} samples, {MANIFEST_NAME} says {expected}")
+    problem = sample_count_problem(path, count, expected)
+    if problem:
+        faults.append(problem)
     return count
 
 
@@ -148,19 +153,14 @@ def _all_samples(root: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
 def _images(sample: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, str]]:
     if "depth" in sample:
         meta = sample["meta"]
-        return [(sample["depth"][k], crop_to_pixels(sample["joints"][k], meta["size"], meta["cube"]),
+        crop = Crop(int(meta["size"]), float(meta["cube"]))
+        return [(sample["depth"][k], crop.to_pixels(sample["joints"][k]),
                  f"view {k + 1}") for k in range(len(sample["depth"]))]
     return [_render_synthetic(sample["pose"], sample["shape"])]
 
 
-def _render_synthetic(pose: np.ndarray, shape: np.ndarray, size: int = DEFAULT_CROP_SIZE,
-                      cube: float = DEFAULT_CUBE_MM) -> tuple[np.ndarray, np.ndarray, str]:
+def _render_synthetic(pose: np.ndarray, shape: np.ndarray, crop: Crop = Crop()) -> tuple[np.ndarray, np.ndarray, str]:
     """A clean render of one synthetic sample, by the path training renders with (``hand.render``)."""
-    import torch
-
-    from hand import HandModel
-    from hand.render import render_mesh_depth
-
     depth, keypoints = render_mesh_depth(HandModel(), torch.from_numpy(pose)[None], torch.from_numpy(shape)[None],
-                                         size=size, cube_mm=cube)
-    return depth[0].numpy(), crop_to_pixels(keypoints[0], size, cube).numpy(), "synthetic"
+                                         crop=crop)
+    return depth[0].numpy(), crop.to_pixels(keypoints[0]).numpy(), "synthetic"

@@ -1,8 +1,8 @@
 """The NYU hand pose data set on disk: labels, depth PNGs, validation, crop centres and orthographic crops.
 
-Layout (see DESIGN.md): ``SPLIT/joint_data.mat`` with ``joint_xyz``/``joint_uvd`` (3 views, N, 36, 3),
-xyz in mm with y up; ``SPLIT/depth_{1,2,3}_{NNNNNNN}.png``: 640x480 RGB, depth mm = G << 8 | B,
-0 and 32001 mean no depth. Everything here is numpy; every failure names the file.
+Layout (as NYU publishes it; README "Building shards from the real NYU data set"): ``SPLIT/joint_data.mat``
+with ``joint_xyz``/``joint_uvd`` (3 views, N, 36, 3), xyz in mm with y up;
+``SPLIT/depth_{1,2,3}_{NNNNNNN}.png``: 640x480 RGB, depth mm = G << 8 | B, 0 and 32001 mean no depth. Everything here is numpy; every failure names the file.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from geometry import (Intrinsics, background_depth, clip_depth, crop_to_pixels, half_cube, inside_cube, project,
-                      unproject)
-from hand import results as results_file
+from geometry import Crop, Intrinsics, project, unproject
 from shards.format import BadInputError
+from shards.nyu_protocol import NYU_INTRINSICS
 
 VIEWS = 3
 NUM_JOINTS = 36
@@ -28,8 +27,6 @@ MISSING_DEPTH_VALUES = (0, 32001)
 DEPTH_FILE = re.compile(r"^depth_([123])_(\d{7})\.png$")
 MAT_NAME = "joint_data.mat"
 
-# The NYU Kinect's intrinsics are defined with the field's results format, which the hand fitting tool reads too.
-NYU_INTRINSICS = results_file.NYU_INTRINSICS
 NYU_IMAGE_WIDTH = 640
 NYU_IMAGE_HEIGHT = 480
 
@@ -192,9 +189,9 @@ def backproject(depth: np.ndarray, window: tuple[int, int, int, int] | None = No
     return unproject(uvz, intrinsics)
 
 
-def cube_window(center: np.ndarray, cube: float, intrinsics: Intrinsics = NYU_INTRINSICS) -> tuple[int, int, int, int]:
-    """Image window (u0, u1, v0, v1) that holds every pixel whose ray can meet the cube around ``center``."""
-    half = half_cube(cube)
+def cube_window(center: np.ndarray, crop: Crop, intrinsics: Intrinsics = NYU_INTRINSICS) -> tuple[int, int, int, int]:
+    """Image window (u0, u1, v0, v1) that holds every pixel whose ray can meet the crop's cube around ``center``."""
+    half = crop.half_mm
     z_near = max(center[2] - half, 1.0)
     z_far = max(center[2] + half, z_near)
     corners = np.array([[center[0] + sx * half, center[1] + sy * half, z]
@@ -206,17 +203,17 @@ def cube_window(center: np.ndarray, cube: float, intrinsics: Intrinsics = NYU_IN
             clamp(np.floor(min(vs)), NYU_IMAGE_HEIGHT), clamp(np.ceil(max(vs)) + 1, NYU_IMAGE_HEIGHT))
 
 
-def crop_depth(depth: np.ndarray, center: np.ndarray, size: int, cube: float,
-               intrinsics: Intrinsics = NYU_INTRINSICS) -> np.ndarray:
+def crop_depth(depth: np.ndarray, center: np.ndarray, crop: Crop, intrinsics: Intrinsics = NYU_INTRINSICS) -> np.ndarray:
     """Orthographic S x S crop of the cube around ``center`` (camera frame mm) -> (S, S) float32.
 
     Valid depth pixels are back-projected, those inside the cube are mapped to crop pixels and
     z-buffered (the nearest point wins, like a depth camera looking along +z); the rest is background.
     """
-    points = backproject(depth, cube_window(center, cube, intrinsics), intrinsics) - center
-    points = points[inside_cube(points, cube)]
+    size = crop.size
+    points = backproject(depth, cube_window(center, crop, intrinsics), intrinsics) - center
+    points = points[crop.inside(points)]
     grid = np.full(size * size, np.inf)
-    cells = np.floor(crop_to_pixels(points, size, cube)[:, :2]).astype(np.int64).clip(0, size - 1)
+    cells = np.floor(crop.to_pixels(points)[:, :2]).astype(np.int64).clip(0, size - 1)
     np.minimum.at(grid, cells[:, 1] * size + cells[:, 0], points[:, 2])
-    grid[np.isinf(grid)] = background_depth(cube)
-    return clip_depth(grid, cube).reshape(size, size).astype(np.float32)
+    grid[np.isinf(grid)] = crop.background_depth
+    return crop.clip_depth(grid).reshape(size, size).astype(np.float32)

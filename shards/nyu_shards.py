@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM
+from geometry import Crop
 from shards.cameras import crop_cams, fixed_transforms, per_frame_transforms
 from shards.center import find_center
 from shards.format import NYU_KEYS, BadInputError, ShardsError, encode_sample
-from shards.nyu import NYU_INTRINSICS, PALM_JOINT, VIEWS, check_split, crop_depth, depth_path, read_depth
+from shards.nyu import PALM_JOINT, VIEWS, check_split, crop_depth, depth_path, read_depth
+from shards.nyu_protocol import NYU_INTRINSICS
 from shards.writer import BuildSpec, ItemResult, build
 
 CENTERS = ("gt", "com")
@@ -26,8 +27,7 @@ class NyuBuildConfig:
     nyu_root: Path
     out: Path
     splits: tuple[str, ...] = ("train", "test")
-    size: int = DEFAULT_CROP_SIZE  # crop side in pixels
-    cube: float = DEFAULT_CUBE_MM  # crop cube side in mm
+    crop: Crop = Crop()  # crop side in pixels and cube side in mm
     center: str = "gt"  # "gt": labelled palm joint 32; "com": from depth alone
     cameras: str = "per-frame"  # "per-frame": Kabsch per frame; "fixed": one robust fit per split
     samples_per_shard: int = 1000
@@ -39,13 +39,13 @@ class NyuBuildConfig:
             raise ShardsError(f"--center {self.center!r}: choose one of {', '.join(CENTERS)}")
         if self.cameras not in CAMERAS:
             raise ShardsError(f"--cameras {self.cameras!r}: choose one of {', '.join(CAMERAS)}")
-        if self.size < 8 or self.cube <= 0 or self.samples_per_shard < 1 or self.workers < 1:
-            raise ShardsError("--size >= 8, --cube > 0, --samples-per-shard >= 1 and --workers >= 1 are required")
+        if self.samples_per_shard < 1 or self.workers < 1:
+            raise ShardsError("--samples-per-shard >= 1 and --workers >= 1 are required")
 
     def build_args(self, split: str) -> dict[str, Any]:
         """What decides the shards' content (not --workers): a re-run must match it to reuse shards."""
-        return {"nyu_root": str(Path(self.nyu_root).resolve()), "split": split, "size": self.size,
-                "cube": self.cube, "center": self.center, "cameras": self.cameras,
+        return {"nyu_root": str(Path(self.nyu_root).resolve()), "split": split, "size": self.crop.size,
+                "cube": self.crop.cube_mm, "center": self.center, "cameras": self.cameras,
                 "samples_per_shard": self.samples_per_shard, "skip_bad": self.skip_bad}
 
 
@@ -56,8 +56,7 @@ class FrameJob:
     split_dir: str
     split: str
     joints: np.ndarray  # (3, N, 36, 3) camera frames
-    size: int
-    cube: float
+    crop: Crop
     center: str
     fixed: np.ndarray | None  # (3, 4, 4) camera-k -> camera-1, or None for per-frame fits
 
@@ -75,18 +74,18 @@ class FrameJob:
                                               "reason": "no depth near the camera to centre a crop on"})
         transforms = per_frame_transforms(joints) if self.fixed is None else self.fixed
         sample = {
-            "depth.npy": np.stack([crop_depth(d, c, self.size, self.cube) for d, c in zip(depths, centers)]),
+            "depth.npy": np.stack([crop_depth(d, c, self.crop) for d, c in zip(depths, centers)]),
             "joints.npy": (joints - centers[:, None]).astype(np.float32),
             "cams.npy": crop_cams(transforms, centers).astype(np.float32),
             "meta.json": {"frame": frame, "split": self.split, "centers": centers.tolist(),
-                          "intrinsics": NYU_INTRINSICS.to_dict(), "size": self.size, "cube": self.cube},
+                          "intrinsics": NYU_INTRINSICS.to_dict(), "size": self.crop.size, "cube": self.crop.cube_mm},
         }
         return ItemResult(index, key=f"{frame:07d}", entries=encode_sample(sample))
 
     def _centers(self, depths: list[np.ndarray], joints: np.ndarray) -> np.ndarray | None:
         if self.center == "gt":
             return joints[:, PALM_JOINT].copy()
-        found = [find_center(depth, self.cube) for depth in depths]
+        found = [find_center(depth, self.crop.cube_mm) for depth in depths]
         return None if any(c is None for c in found) else np.stack(found)
 
 
@@ -107,7 +106,7 @@ def build_split(config: NyuBuildConfig, split: str) -> dict[str, Any]:
         fixed, rejected = fixed_transforms(check.labels.joints[:, usable])
         extra["cameras"] = {"camera_to_view1": fixed.tolist(),
                             "rejected_frames": {k: [int(usable[i]) + 1 for i in v] for k, v in rejected.items()}}
-    job = FrameJob(str(split_dir), split, check.labels.joints, config.size, config.cube, config.center, fixed)
+    job = FrameJob(str(split_dir), split, check.labels.joints, config.crop, config.center, fixed)
     spec = BuildSpec(directory=Path(config.out) / split, kind="nyu", keys=NYU_KEYS, args=config.build_args(split),
                      num_items=num_items, per_shard=config.samples_per_shard, workers=config.workers,
                      skip_bad=config.skip_bad, desc=f"nyu {split}", extra_manifest=extra, preskipped=preskipped)

@@ -38,10 +38,12 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import IterableDataset
 
 from shards.format import (CHECKSUM_ENTRY, DECODABLE_EXTENSIONS, MANIFEST_NAME, CorruptShardError, ShardsError,
-                           check_shard_files, read_tar_samples, verify_checksums)
+                           check_shard_files, has_checksums, read_tar_samples, sample_count_problem,
+                           verify_checksums)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,6 @@ SKIPPED_KEY = "__skipped__"  # batch entry: [(shard, key, samples, reason)] drop
 # The bad fraction counts at least this many samples, so one bad sample among the first few read is no stop.
 MIN_SAMPLES_FOR_FRACTION = 100
 _WARNED_UNCHECKED: set[str] = set()
-# A scheduler's preemption signals every process of the job; the rank that owns the loader decides
-# when to stop (it checkpoints first), so its loader workers must outlive these signals.
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def _obey_owner_only(signals: tuple[int, ...], owner: int) -> None:
@@ -64,10 +63,11 @@ def _obey_owner_only(signals: tuple[int, ...], owner: int) -> None:
             os._exit(128 + info.si_signo)
 
 
-def preemption_proof_worker(worker_id: int, *, owner: int) -> None:
-    """``worker_init_fn``: a loader worker ignores SIGTERM/SIGUSR1 from anyone but ``owner``, the pid of
-    the process that made the loader (bound with ``functools.partial``: under forkserver or spawn the
-    worker's parent process is not the loader's owner).
+def signal_proof_worker(worker_id: int, *, signals: tuple[int, ...], owner: int) -> None:
+    """``worker_init_fn``: a loader worker ignores ``signals`` (a scheduler's preemption signals, sent to
+    every process of the job) from anyone but ``owner``, the pid of the process that made the loader (bound
+    with ``functools.partial``: under forkserver or spawn the worker's parent process is not the loader's
+    owner). The owner decides when to stop (it checkpoints first), so its workers must outlive the signals.
 
     Ignoring them outright is not enough: at exit (``multiprocessing``'s atexit hook, and the
     DataLoader's own shutdown) the parent ends its daemonic workers with SIGTERM and then joins them,
@@ -75,8 +75,8 @@ def preemption_proof_worker(worker_id: int, *, owner: int) -> None:
     ignored that SIGTERM would hang its parent's exit forever. The signals are blocked and a thread
     takes them with ``sigwaitinfo``, which reports the sender: the owner's SIGTERM still ends the worker.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
-    threading.Thread(target=_obey_owner_only, args=(PREEMPTION_SIGNALS, owner),
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    threading.Thread(target=_obey_owner_only, args=(signals, owner),
                      name=f"loader-worker-{worker_id}-signals", daemon=True).start()
 
 
@@ -170,8 +170,6 @@ def decode_sample(sample: dict[str, Any], *, checksums: bool | None = None) -> d
         elif extension == "json":
             out[field] = json.loads(value)
         else:
-            from PIL import Image
-
             # formats=["PNG"]: PIL must not sniff the bytes and pick another (larger-attack-surface) decoder.
             try:
                 with Image.open(io.BytesIO(value), formats=["PNG"]) as image:
@@ -242,10 +240,9 @@ class CheckedSamples:
         except (tarfile.TarError, OSError, EOFError) as error:
             reason = f"{url}: damaged tar after sample {key} ({seen} samples read; {error})"
         else:
-            if expected is None or seen >= expected:
+            reason = sample_count_problem(url, seen, expected)
+            if reason is None or seen > expected:  # type: ignore[operator]  # extra samples were all checked
                 return
-            reason = (f"{url}: ends after sample {key}, {seen} of the manifest's {expected} samples "
-                      "(truncated, or a damaged tar header)")
         self.ledger.drop(url, key, max((expected or 0) - seen, 1), reason)
 
 
@@ -292,12 +289,13 @@ class ShardLoader:
 def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int | None, num_workers: int = 2,
                 seed: int = 0, resampled: bool = True, rank: int | None = None,
                 world_size: int | None = None, on_corrupt: Literal["error", "skip"] = "error",
-                max_corrupt_fraction: float = 0.01) -> ShardLoader:
+                max_corrupt_fraction: float = 0.01, protect_signals: tuple[int, ...] = ()) -> ShardLoader:
     """Batches (dicts of tensors, ``meta`` a list, ``__skipped__`` the drops) from the shards in ``source``;
     see the module doc. Raises ShardsError at once when a shard of the manifest is missing or resized.
 
     ``rank``/``world_size``: this reader's share of the data; default: the initialised process group's,
     else the whole data set. ``on_corrupt``/``max_corrupt_fraction``: what corrupt samples do.
+    ``protect_signals``: signals the loader's workers take from this process only (:func:`signal_proof_worker`).
     """
     if resampled and not batches_per_epoch:
         raise ValueError("resampled=True needs batches_per_epoch (the stream is endless)")
@@ -320,8 +318,9 @@ def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int |
     dataset = wds.DataPipeline(*stages)
     loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                            persistent_workers=False, pin_memory=False,
-                           worker_init_fn=(functools.partial(preemption_proof_worker, owner=os.getpid())
-                                           if num_workers > 0 else None))
+                           worker_init_fn=(functools.partial(signal_proof_worker, signals=protect_signals,
+                                                             owner=os.getpid())
+                                           if num_workers > 0 and protect_signals else None))
     if resampled:
         loader = loader.with_epoch(batches_per_epoch)
     return ShardLoader(loader, epoch_stages, batches_per_epoch if resampled else None, ledger)
@@ -333,7 +332,7 @@ def _expectations(directory: Path, manifest: dict[str, Any] | None) -> tuple[dic
     if manifest is None:
         return {}, None
     expected = {str(directory / shard["name"]): int(shard["samples"]) for shard in manifest["shards"]}
-    if manifest["format_version"] >= 2:
+    if has_checksums(manifest):
         return expected, True
     if str(directory) not in _WARNED_UNCHECKED:
         _WARNED_UNCHECKED.add(str(directory))

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from shards.format import SYNTHETIC_AUGMENT_FIELDS, SYNTHETIC_KEYS, BadInputError, ShardsError, encode_sample, sha256_file
+import hand
+from fileio import sha256_file
+from shards.format import SYNTHETIC_AUGMENT_FIELDS, SYNTHETIC_KEYS, BadInputError, ShardsError, encode_sample
 from shards.writer import BuildSpec, ItemResult, build
 
 # Ranges of the sensor-noise parameters (training applies them after rendering a crop).
@@ -81,10 +84,6 @@ class SampleJob:
     bank: np.ndarray | None = None  # (M, 26) pose bank, or None for the sampler
 
     def __call__(self, index: int) -> ItemResult:
-        import torch
-
-        import hand
-
         generator = torch.Generator().manual_seed(sample_seed(self.seed, index))
         if self.bank is None:
             pose = hand.sample_poses(1, generator=generator)[0]

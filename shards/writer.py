@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from tqdm import tqdm
 
-from shards.format import (FORMAT_VERSION, BadInputError, ShardRecord, ShardsError, sha256_file, shard_name,
-                           write_json_atomic, write_manifest, write_tar)
+from fileio import sha256_file, write_json_atomic
+from shards.format import FORMAT_VERSION, BadInputError, ShardRecord, ShardsError, shard_name, write_manifest, write_tar
 
 PROGRESS_NAME = ".progress.json"
 
@@ -60,12 +61,7 @@ _JOB: Job | None = None
 def _install_job(job: Job) -> None:
     global _JOB
     _JOB = job
-    try:
-        import torch
-
-        torch.set_num_threads(1)  # workers are the parallelism; nested thread pools only contend
-    except ImportError:
-        pass
+    torch.set_num_threads(1)  # workers are the parallelism; nested thread pools only contend
 
 
 def _run_item(index: int) -> ItemResult:

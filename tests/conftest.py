@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import hand
-from geometry import background_depth, crop_to_pixels, invert_transform, make_transform, transform_points
+from geometry import Crop, invert_transform, make_transform, transform_points
 from renderer_cuda import render_spheres
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_TRAIN, FAKE_TEST = 48, 16
-SIZE, CUBE = 64, 300.0  # the crop geometry of the sphere scene
+CROP = Crop(64, 300.0)  # the crop of the sphere scene
+SIZE, CUBE = CROP.size, CROP.cube_mm
 
 
 
@@ -96,9 +97,9 @@ def scene(model: hand.HandModel) -> dict:
 
 def render_depth(joints: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     """Per-view sphere centres (B, V, J, 3) -> the spheres' crop depth (B, V, S, S) mm."""
-    pixels = crop_to_pixels(joints, SIZE, CUBE).reshape(-1, joints.shape[-2], 3)
-    depth = render_spheres(pixels, radii, SIZE, SIZE, background=background_depth(CUBE), pixels_per_mm=SIZE / CUBE)
-    return depth.reshape(*joints.shape[:2], SIZE, SIZE).clamp(max=background_depth(CUBE))
+    pixels = CROP.to_pixels(joints).reshape(-1, joints.shape[-2], 3)
+    depth = render_spheres(pixels, radii, SIZE, SIZE, background=CROP.background_depth, pixels_per_mm=SIZE / CUBE)
+    return depth.reshape(*joints.shape[:2], SIZE, SIZE).clamp(max=CROP.background_depth)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from train.config import load_config
 from train.checkpoint import (CheckpointConfig, CheckpointError, Checkpointer, CheckpointMissing, list_checkpoints,
                               read_checkpoint)
 
@@ -32,12 +34,13 @@ def make_state(seed: int = 0):
 
 
 def make_checkpointer(directory: Path, states, every: int = 2, keep: int = 2, *, width: int = 4,
-                      batches_per_epoch: int = 10, synthetic_batch: int = 8, world_size: int = 1) -> Checkpointer:
+                      batches_per_epoch: int = 10, synthetic_batch: int = 8, world_size: int = 1,
+                      cube_mm: float = 300.0) -> Checkpointer:
     net, optimizer, scheduler, scaler = states
     return Checkpointer(CheckpointConfig(every=every, keep=keep), directory,
                         states={"model": net, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
-                        config={"model": {"width": width},
-                                "data": {"size": 64, "cube": 300.0, "synthetic_batch": synthetic_batch}},
+                        config={"model": {"width": width}, "crop": {"size": 64, "cube_mm": cube_mm},
+                                "data": {"synthetic_batch": synthetic_batch}},
                         rank=0, world_size=world_size, seed=0, batches_per_epoch=batches_per_epoch)
 
 
@@ -149,6 +152,17 @@ def test_resume_refuses_checkpoints_of_another_model_config(tmp_path):
     assert "model.width: saved 4, now 8" in message and "\n" not in message
 
 
+def test_resume_refuses_checkpoints_of_another_crop_naming_both(tmp_path):
+    """The same weights at another cube decode joints in the wrong millimetres, without a shape error."""
+    run_dir = tmp_path / "run"
+    make_checkpointer(run_dir / "checkpoints", make_state(), cube_mm=250.0).save(1, last=True)
+    with pytest.raises(CheckpointError) as refused:
+        make_checkpointer(run_dir / "checkpoints", make_state(), cube_mm=300.0).load()
+    message = str(refused.value)
+    assert "trained at crop 64 px / 250 mm, this run uses 64 px / 300 mm" in message and "\n" not in message
+    assert f"run.dir {run_dir} " in message
+
+
 def test_resume_with_changed_data_settings_warns_with_both_values(tmp_path, caplog):
     make_checkpointer(tmp_path, make_state()).save(1, last=True)
     with caplog.at_level(logging.WARNING, logger="train.checkpoint"):
@@ -234,7 +248,11 @@ def test_unusable_init_checkpoint_exits_2_with_one_line(synthetic_shards, tmp_pa
     corrupt.write_bytes(b"not a checkpoint")
     other = tmp_path / "other.pt"
     torch.save({"step": 3, "model": {}, "config": {"model": {"width": 8}}}, other)
-    for init, named in ((corrupt, "corrupt.pt"), (other, "model.width: saved 8, now 16")):
+    other_crop = tmp_path / "other-crop.pt"
+    model = asdict(load_config(ROOT / "configs/ci.yaml", ["model.width=16"]).model)
+    torch.save({"step": 3, "model": {}, "config": {"model": model, "crop": {"size": 64, "cube_mm": 250.0}}}, other_crop)
+    for init, named in ((corrupt, "corrupt.pt"), (other, "model.width: saved 8, now 16"),
+                        (other_crop, "trained at crop 64 px / 250 mm, this run uses 64 px / 300 mm")):
         cmd = [sys.executable, "-m", "train", "--config", "configs/ci.yaml", f"data.synthetic={synthetic_shards}",
                f"run.dir={tmp_path / 'run'}", "model.width=16", f"init={init}", "eval.at_start=false"]
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

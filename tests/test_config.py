@@ -12,9 +12,12 @@ import yaml
 from tests.test_train_data import write_nyu_split
 from train.config import ConfigError, TrainConfig, dump_config, load_config, validate
 from train.losses import REAL_TERMS, LossConfig
+from train.pseudo_labels import PseudoLabelConfig
+from train.schema import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+PSEUDO_LABEL_CONFIGS = sorted((ROOT / "configs").glob("pseudo-labels*.yaml"))  # train.pseudo_labels settings
+CONFIGS = sorted(set((ROOT / "configs").glob("*.yaml")) - set(PSEUDO_LABEL_CONFIGS))  # run configs
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -39,6 +42,17 @@ def test_every_shipped_config_loads():
     assert enabled == ["fitted"], "selfsup-cpu.yaml trains the real frames on their fitted pseudo-labels alone"
 
 
+def test_the_pseudo_label_settings_load_through_the_same_strict_schema():
+    assert PSEUDO_LABEL_CONFIGS
+    for path in PSEUDO_LABEL_CONFIGS:
+        assert isinstance(load_yaml(PseudoLabelConfig, path), PseudoLabelConfig)
+    assert load_yaml(PseudoLabelConfig, ROOT / "configs/pseudo-labels.yaml") == PseudoLabelConfig()  # the defaults
+    with pytest.raises(ConfigError, match="unknown config key 'stepz'.*'steps'"):
+        load_yaml(PseudoLabelConfig, None, ["stepz=3"])
+    with pytest.raises(ConfigError, match="collision.*>= 0"):
+        load_yaml(PseudoLabelConfig, None, ["collision=-1"])
+
+
 def test_every_shipped_config_validates_with_its_data(tmp_path):
     """validate() on each shipped config as its header says to launch it: data, prior file and all."""
     real, synthetic, prior = tmp_path / "nyu", tmp_path / "synth", tmp_path / "prior.pt"
@@ -48,8 +62,8 @@ def test_every_shipped_config_validates_with_its_data(tmp_path):
         cfg = load_config(path)
         if cfg.data.real_batch > 0 and path.name != "synthetic.yaml":
             if not real.exists():
-                write_nyu_split(real / "train", size=cfg.data.size, cube=cfg.data.cube, fitted=True)
-                write_nyu_split(real / "test", size=cfg.data.size, cube=cfg.data.cube)
+                write_nyu_split(real / "train", size=cfg.crop.size, cube=cfg.crop.cube_mm, fitted=True)
+                write_nyu_split(real / "test", size=cfg.crop.size, cube=cfg.crop.cube_mm)
             data = [f"data.real={real}"]
         else:
             data = []
@@ -191,9 +205,9 @@ def test_validate_refuses_shards_of_another_crop_geometry(tmp_path):
     real = tmp_path / "nyu"
     write_nyu_split(real / "train", size=64, cube=300.0)
     write_nyu_split(real / "test", size=64, cube=250.0)
-    with pytest.raises(ConfigError, match=r"'data.real'.*test.*cube 250 mm"):
+    with pytest.raises(ConfigError, match=r"'data.real'.*test were cut at 64 px / 250 mm"):
         validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false"]))
-    with pytest.raises(ConfigError, match=r"test.*cube 250 mm"):  # evaluating once at the start reads test/ too
+    with pytest.raises(ConfigError, match=r"test were cut at 64 px / 250 mm"):  # evaluating once at the start reads test/ too
         validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false", "eval.every=0"]))
     validate(load_config(None, [f"data.real={real}", "loss.prior.enabled=false", "eval.every=0",
                                 "eval.at_start=false"]))

@@ -23,6 +23,7 @@ def _worker(out: Path) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from geometry import Crop
     from hand import HandModel
     from train.config import active_losses, load_config
     from train.distributed import get_dist_env, setup_distributed, teardown_distributed
@@ -37,12 +38,12 @@ def _worker(out: Path) -> None:
     setup_distributed(env, torch.device("cpu"))
     cfg = load_config(ROOT / "configs/ci.yaml", ["data.synthetic=unused", "model.width=16"])
     hand = HandModel()
-    depth, keypoints = Synthesizer(hand, size=64, cube_mm=300.0)(held_out_batch(hand, 2 * PER_RANK, seed=9))
-    losses = build_losses(active_losses(cfg), hand, size=64, cube_mm=300.0)
+    depth, keypoints = Synthesizer(hand, crop=Crop())(held_out_batch(hand, 2 * PER_RANK, seed=9))
+    losses = build_losses(active_losses(cfg), hand, crop=Crop())
 
     def make(optimizer_name: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, object, object]:
         torch.manual_seed(0)
-        net = build_network(cfg.model, size=64, cube_mm=300.0)
+        net = build_network(cfg.model, crop=Crop())
         if optimizer_name == "sgd":
             optimizer = torch.optim.SGD(net.parameters(), lr=1e-5)
         else:

@@ -11,15 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from hand import NYU_EVAL_JOINTS, NYU_JOINT_NAMES
+from geometry import Crop
+from hand import NYU_JOINT_NAMES
 from shards.format import encode_sample, shard_name, write_tar
 from shards.reader import make_loader
-from train.evaluate import (CURVE_THRESHOLDS_MM, FrameErrors, collect_errors, compute_metrics, evaluate,
-                            joint_errors, load_network, main, resolve_checkpoint, success_curve)
+from shards.nyu_protocol import NYU_EVAL_JOINTS
+from train.checkpoint import load_network, resolve_checkpoint
+from train.evaluate import main
+from train.predictions import collect_errors
+from train.scores import CURVE_THRESHOLDS_MM, FrameErrors, compute_metrics, joint_errors, success_curve
 from train.monitor import Evaluator
 from train.network import NetworkConfig, build_network
 
-SIZE, CUBE = 64, 300.0
+CROP = Crop(64, 300.0)
+SIZE, CUBE = CROP.size, CROP.cube_mm
 TINY = NetworkConfig(stacks=1, width=16)
 NAMES = [NYU_JOINT_NAMES[i] for i in NYU_EVAL_JOINTS]
 
@@ -31,7 +36,7 @@ def test_metrics_match_numpy() -> None:
     rng = np.random.default_rng(0)
     truth = rng.normal(0, 50, (5, 36, 3))
     predicted = np.concatenate([truth + rng.normal(0, 8, truth.shape), rng.normal(0, 50, (5, 5, 3))], axis=1)
-    errors = joint_errors(predicted, truth, list(NYU_EVAL_JOINTS))
+    errors = joint_errors(predicted, truth, NYU_EVAL_JOINTS)
     frames = np.array([1, 2440, 2441, 8252, 17])
     metrics = compute_metrics(FrameErrors(errors, frames, ["test", "test", "test", "test", "train"]), NAMES)
 
@@ -72,36 +77,35 @@ def nyu_batches(frames: list[int], batch_size: int, seed: int = 0) -> list[dict]
 
 def test_evaluate_runs_view_1_and_restores_the_mode() -> None:
     torch.manual_seed(0)
-    net = build_network(TINY, size=SIZE, cube_mm=CUBE).train()
+    net = build_network(TINY, crop=CROP).train()
     batches = nyu_batches([1, 2, 3, 2500, 2501], batch_size=2)
-    metrics = evaluate(net, batches, device="cpu")
+    metrics = compute_metrics(collect_errors(net, batches, device="cpu"))
     assert net.training
     net.eval()
     with torch.no_grad():
         expected = np.concatenate([
-            joint_errors(net(b["depth"][:, :1]).joints.numpy(), b["joints"][:, 0].numpy(), list(NYU_EVAL_JOINTS))
+            joint_errors(net(b["depth"][:, :1]).joints.numpy(), b["joints"][:, 0].numpy(), NYU_EVAL_JOINTS)
             for b in batches])
     assert metrics["frames"] == 5
     assert metrics["mean_error_mm"] == pytest.approx(expected.mean(), rel=1e-5)
     assert metrics["per_subject"]["2"]["frames"] == 2
     assert collect_errors(net, batches, max_batches=1).errors.shape == (2, 14)
     with pytest.raises(ValueError, match="no frames"):
-        evaluate(net, [])
+        compute_metrics(collect_errors(net, []))
 
 
-def save_checkpoint(path: Path, net: torch.nn.Module, cfg: NetworkConfig) -> None:
+def save_checkpoint(path: Path, net: torch.nn.Module, cfg: NetworkConfig, crop: Crop = CROP) -> None:
     """A checkpoint in the contract's format (only what evaluation reads, plus a step)."""
-    torch.save({"step": 7, "model": net.state_dict(),
-                "config": {"model": asdict(cfg), "data": {"size": SIZE, "cube": CUBE}}}, path)
+    torch.save({"step": 7, "model": net.state_dict(), "config": {"model": asdict(cfg), "crop": asdict(crop)}}, path)
 
 
 def test_load_network_round_trip_and_errors(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    net = build_network(TINY, size=SIZE, cube_mm=CUBE).eval()
+    net = build_network(TINY, crop=CROP).eval()
     path = tmp_path / "step-7.pt"
     save_checkpoint(path, net, TINY)
-    loaded, config = load_network(path)
-    assert config["data"]["size"] == SIZE and not loaded.training
+    loaded, crop, config = load_network(path)
+    assert crop == CROP and config["crop"]["size"] == SIZE and not loaded.training
     x = torch.rand(2, 1, SIZE, SIZE) * 100
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).joints, net(x).joints)
@@ -117,10 +121,12 @@ def test_load_network_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="other.pt.*not a training checkpoint"):
         load_network(other)
     wrapped = tmp_path / "wrapped.pt"  # a DDP- and torch.compile-wrapped state_dict loads the same
+    # A checkpoint made before the crop section existed names its crop as data.size / data.cube.
     torch.save({"model": {f"module._orig_mod.{k}": v for k, v in net.state_dict().items()},
                 "config": {"model": asdict(TINY), "data": {"size": SIZE, "cube": CUBE}}}, wrapped)
     with torch.no_grad():
         torch.testing.assert_close(load_network(wrapped)[0](x).joints, net(x).joints)
+    assert load_network(wrapped)[1] == CROP
     wider = tmp_path / "wider.pt"
     save_checkpoint(wider, net, NetworkConfig(stacks=1, width=32))
     with pytest.raises(ValueError, match="wider.pt.*do not fit"):
@@ -146,7 +152,7 @@ def write_nyu_shards(directory: Path, frames: list[int]) -> None:
 
 
 def test_cli_writes_metrics_and_success_curve(tmp_path: Path) -> None:
-    net = build_network(TINY, size=SIZE, cube_mm=CUBE)
+    net = build_network(TINY, crop=CROP)
     checkpoint = tmp_path / "step-7.pt"
     save_checkpoint(checkpoint, net, TINY)
     write_nyu_shards(tmp_path / "test", [5, 6, 7, 3000, 3001])
@@ -169,7 +175,7 @@ def test_cli_writes_metrics_and_success_curve(tmp_path: Path) -> None:
 
 def metrics_worst(checkpoint: Path, data: Path) -> list[float]:
     """Each frame's maximum joint error, computed here from the network and the shards."""
-    net, _ = load_network(checkpoint)
+    net, _, _ = load_network(checkpoint)
     loader = make_loader(data, batch_size=5, batches_per_epoch=None, num_workers=0, resampled=False)
     return collect_errors(net, loader).errors.max(axis=1).tolist()
 
@@ -177,7 +183,7 @@ def metrics_worst(checkpoint: Path, data: Path) -> list[float]:
 def test_monitor_logs_evaluate_metrics_under_its_tags(tmp_path: Path) -> None:
     """The training monitor reports what ``evaluate`` computes, under eval/real/... and eval/synthetic/..."""
     torch.manual_seed(2)
-    net = build_network(TINY, size=SIZE, cube_mm=CUBE)
+    net = build_network(TINY, crop=CROP)
     write_nyu_shards(tmp_path / "nyu" / "test", [5, 6, 7, 3000, 3001])
     depth = torch.rand(3, 1, SIZE, SIZE) * 100
     keypoints = torch.randn(3, 41, 3) * 30
@@ -186,7 +192,7 @@ def test_monitor_logs_evaluate_metrics_under_its_tags(tmp_path: Path) -> None:
     values = evaluator(net)
     loader = make_loader(tmp_path / "nyu" / "test", batch_size=2, batches_per_epoch=None, num_workers=0,
                          resampled=False)
-    expected = evaluate(net, loader)
+    expected = compute_metrics(collect_errors(net, loader))
     assert values["eval/real/mean_error_mm"] == pytest.approx(expected["mean_error_mm"])
     assert values["eval/mean_error_mm"] == values["eval/real/mean_error_mm"]
     assert values["eval/real/frames"] == 5 and values["eval/real/subject2/mean_error_mm"] > 0
@@ -202,7 +208,7 @@ def test_run_dir_resolves_to_its_newest_checkpoint(tmp_path: Path) -> None:
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
     for step in (3, 12):
-        save_checkpoint(checkpoints / f"step-{step:09d}.pt", build_network(TINY, size=SIZE, cube_mm=CUBE), TINY)
+        save_checkpoint(checkpoints / f"step-{step:09d}.pt", build_network(TINY, crop=CROP), TINY)
     (checkpoints / ".step-000000020.pt.tmp.1").write_bytes(b"partial")  # an unfinished write is no checkpoint
     assert resolve_checkpoint(tmp_path / "run") == checkpoints / "step-000000012.pt"
     assert resolve_checkpoint(checkpoints) == checkpoints / "step-000000012.pt"
@@ -212,10 +218,24 @@ def test_run_dir_resolves_to_its_newest_checkpoint(tmp_path: Path) -> None:
 
 def test_cli_bad_inputs_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     checkpoint = tmp_path / "step-7.pt"
-    save_checkpoint(checkpoint, build_network(TINY, size=SIZE, cube_mm=CUBE), TINY)
+    save_checkpoint(checkpoint, build_network(TINY, crop=CROP), TINY)
     for argv, named in ((["--checkpoint", str(tmp_path / "absent.pt"), "--data", str(tmp_path)], "absent.pt"),
                         (["--checkpoint", str(checkpoint), "--data", str(tmp_path / "nodata")], "nodata")):
         with pytest.raises(SystemExit) as exited:
             main([*argv, "--num-workers", "0", "--device", "cpu"])
         assert exited.value.code == 2
         assert named in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_crop_is_refused_naming_both(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Weights trained at one cube decode joints in another cube's millimetres without any shape error."""
+    checkpoint = tmp_path / "step-7.pt"
+    save_checkpoint(checkpoint, build_network(TINY, crop=Crop(64, 250.0)), TINY, crop=Crop(64, 250.0))
+    write_nyu_shards(tmp_path / "test", [5, 6])
+    with pytest.raises(SystemExit) as exited:
+        main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "test"), "--num-workers", "0",
+              "--device", "cpu", "--out", str(tmp_path / "eval")])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cut at 64 px / 300 mm" in error and "uses 64 px / 250 mm" in error
+    assert not (tmp_path / "eval").exists()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import hand
-from geometry import invert_transform, transform_points
+from geometry import Crop, invert_transform, transform_points
 from shards.reader import make_loader
 from train.losses import LossConfig, ProjectionLoss
 
@@ -78,7 +78,7 @@ def test_fitting_to_depth_halves_the_pose_error(nyu_shards_gt: Path, fake_nyu_di
     truth = model.keypoints(frames["pose"], frames["shape"])[:, :36]
     start = perturbed(model, frames["pose"], frames["shape"], START_ERROR_MM)
     cfg = LossConfig()
-    term = ProjectionLoss(model.sphere_radii(frames["shape"])[0], 64, 300.0, data_scale=cfg.projection_data_scale,
+    term = ProjectionLoss(model.sphere_radii(frames["shape"])[0], Crop(64, 300.0), data_scale=cfg.projection_data_scale,
                           max_distance_mm=cfg.projection_max_distance_mm, pairs=cfg.projection_pairs)
     fitted = fit(model, frames, start, term)
     start_error = float((model.keypoints(start, frames["shape"])[:, :36] - truth).norm(dim=-1).mean())

@@ -34,13 +34,22 @@ def test_project_principal_point_and_focal():
 
 
 def test_crop_pixels_formula_and_inverse():
+    crop = geometry.Crop(64, 300.0)
     points = np.array([[0.0, 0.0, 5.0], [150.0, -150.0, -20.0], [-75.0, 30.0, 0.0]])
-    pixels = geometry.crop_to_pixels(points, size=64, cube_mm=300.0)
+    pixels = crop.to_pixels(points)
     np.testing.assert_allclose(pixels[0], [32.0, 32.0, 5.0])
     np.testing.assert_allclose(pixels[1], [64.0, 0.0, -20.0])
     np.testing.assert_allclose(pixels[2], [-75 * 64 / 300 + 32, 30 * 64 / 300 + 32, 0.0])
-    np.testing.assert_allclose(geometry.pixels_to_crop(pixels, size=64, cube_mm=300.0), points, atol=1e-12)
-    assert geometry.background_depth(300.0) == 150.0
+    np.testing.assert_allclose(crop.from_pixels(pixels), points, atol=1e-12)
+    assert crop.background_depth == 150.0 and crop.mm_per_pixel == 300.0 / 64
+    np.testing.assert_array_equal(crop.inside(points), [True, False, True])
+    np.testing.assert_array_equal(crop.clip_depth(np.array([-200.0, 0.0, 200.0])), [-150.0, 0.0, 150.0])
+
+
+@pytest.mark.parametrize("size, cube", [(0, 300.0), (7, 300.0), (64, 0.0), (64, float("nan")), (64.5, 300.0)])
+def test_a_crop_refuses_impossible_values(size, cube):
+    with pytest.raises(ValueError, match="crop"):
+        geometry.Crop(size, cube)
 
 
 def test_nyu_y_up_flip_is_its_own_inverse():

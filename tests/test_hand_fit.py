@@ -1,4 +1,5 @@
-"""Tests of ``python -m hand.fit`` and of NYU's wrist sides in the fake-NYU labels and the evaluation labels."""
+"""Tests of the hand fit (``hand.fit`` on arrays, ``python -m shards fit-poses`` on a data set's labels) and of NYU's
+wrist sides in the fake-NYU labels and the evaluation labels."""
 
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ import hand
 from hand import fit
 from shards.fake_nyu import RECORD_NAME
 from shards.nyu import load_labels
-from shards.nyu_results import camera_to_uvd, split_labels, write_results
+from shards.nyu_protocol import NYU_EVAL_JOINTS, camera_to_uvd, split_labels, write_results
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL = list(hand.NYU_EVAL_JOINTS)
+EVAL = NYU_EVAL_JOINTS
 
 
 def run_fit(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hand.fit", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "shards", "fit-poses", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
 
 
 def thumb_nearer_palm_2(joints: np.ndarray, thumb: int, little: int, palm_1: int, palm_2: int) -> np.ndarray:
@@ -39,7 +40,7 @@ def test_fit_recovers_fake_nyu_poses(fake_nyu_dir, tmp_path, single_thread):
     labels = write_results(tmp_path / "labels.txt", camera_to_uvd(load_labels(fake_nyu_dir / "test").joints[0][:, EVAL]))
     result = run_fit("--labels", labels, "--out", tmp_path / "fit")
     assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    summary = json.loads((tmp_path / "fit" / "pose_fit.json").read_text())
     assert summary["frames"] == 16 and summary["mean_residual_mm"] < 3.0
     assert list(summary["per_joint_mm"]) == [hand.SPHERE_NAMES[i] for i in EVAL]
     fitted = np.load(tmp_path / "fit" / "poses.npz")
@@ -60,8 +61,23 @@ def test_fit_is_robust_to_the_global_rotation(single_thread):
     poses[:, 3:6] = torch.tensor([30.0, -20.0, 850.0])
     shapes = hand.sample_shapes(24, generator)
     target = model.keypoints(poses, shapes)[:, EVAL].detach().numpy()
-    result = fit.fit_joints(target, fit.FitConfig(steps=200), progress=False)
+    result = fit.fit_joints(target, EVAL, fit.PoseFitConfig(steps=200), progress=False)
     assert result.residual_mm.mean() < 2.0 and np.median(result.residual_mm.max(1)) < 4.0
+
+
+def test_fit_takes_any_labelled_spheres_with_the_palm_triangle(single_thread):
+    """hand.fit knows no data set: a label set other than NYU's 14 joints fits as well; one without the palm
+    triangle (the alignment's anchor) is refused."""
+    model = hand.HandModel()
+    poses = hand.sample_poses(4, torch.Generator().manual_seed(5))
+    poses[:, 3:6] = torch.tensor([0.0, 0.0, 700.0])
+    spheres = [30, 31, 32, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 35]  # the palm triangle, fingertips' neighbours
+    target = model.keypoints(poses)[:, spheres].detach().numpy()
+    result = fit.fit_joints(target, spheres, fit.PoseFitConfig(steps=200), progress=False)
+    assert result.residual_mm.shape == (4, len(spheres)) and result.residual_mm.mean() < 2.0
+    without_palm_3 = [30, 31] + spheres[3:]
+    with pytest.raises(ValueError, match="palm triangle.*PALM_3"):
+        fit.fit_joints(model.keypoints(poses)[:, without_palm_3].detach().numpy(), without_palm_3, progress=False)
 
 
 def test_fit_names_the_bad_line_and_exits_2(tmp_path):

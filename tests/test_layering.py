@@ -1,7 +1,7 @@
 """The package layering, read from the import statements of every module (ast: nothing is imported).
 
-geometry (the crop frame) is the ground floor; renderer_cuda knows no hands; hand knows no files or
-training; shards knows no networks; the network and the losses read no shards. No module imports
+fileio (atomic writes, hashes) and geometry (the crop frame) are the ground floor; renderer_cuda knows no
+hands; hand knows no data sets or training; shards knows no networks; the network and the losses read no shards. No module imports
 itself back through others (no cycle), counting imports inside functions too.
 """
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("geometry", "renderer_cuda", "hand", "shards", "train", "launch")
+PACKAGES = ("fileio", "geometry", "renderer_cuda", "hand", "shards", "train", "launch")
 FORBIDDEN = {  # package or module -> project packages it must not import
-    "geometry": {"renderer_cuda", "hand", "shards", "train", "launch"},
-    "renderer_cuda": {"geometry", "hand", "shards", "train", "launch"},
+    "fileio": {"geometry", "renderer_cuda", "hand", "shards", "train", "launch"},
+    "geometry": {"fileio", "renderer_cuda", "hand", "shards", "train", "launch"},
+    "renderer_cuda": {"fileio", "geometry", "hand", "shards", "train", "launch"},
     "hand": {"shards", "train", "launch"},
     "shards": {"train", "launch"},
     "train": {"launch"},  # the trainer knows nothing of SLURM

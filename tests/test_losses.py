@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import hand
-from geometry import background_depth, crop_to_pixels, invert_transform, transform_points
+from geometry import Crop, invert_transform, transform_points
 from train.losses import (BoneLengthLoss, CollisionLoss, ConsistencyLoss, HeatmapMeanLoss, HeatmapTargetLoss,
                           JointDepthLoss, LossConfig, ProjectionLoss, TermConfig, build_losses)
 from train.network import NetworkConfig, NetworkOutput, build_network, spatial_softmax
 from train.prior import PriorConfig, save_prior, train_prior
 
-SIZE, CUBE = 64, 300.0
+CROP = Crop(64, 300.0)
+SIZE, CUBE = CROP.size, CROP.cube_mm
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -52,7 +53,7 @@ def test_defaults_are_the_reference_weights() -> None:
 
 
 def test_heatmap_targets_peak_at_the_keypoint_cell() -> None:
-    term = HeatmapTargetLoss(SIZE, CUBE, 1.0)
+    term = HeatmapTargetLoss(CROP, 1.0)
     # Crop pixel (4 * 5 + 2, 4 * 9 + 2) is the centre of heatmap cell (row 9, column 5).
     point = torch.tensor([[[(22 - 32) * CUBE / SIZE, (38 - 32) * CUBE / SIZE, 0.0]]])
     target = term.targets(point, 16, 16)[0, 0]
@@ -62,7 +63,7 @@ def test_heatmap_targets_peak_at_the_keypoint_cell() -> None:
 
 def test_synthetic_terms_vanish_for_ideal_outputs(model: hand.HandModel) -> None:
     keypoints = model.keypoints(torch.zeros(2, 26))
-    heatmap_term, depth_term = HeatmapTargetLoss(SIZE, CUBE, 1.0), JointDepthLoss()
+    heatmap_term, depth_term = HeatmapTargetLoss(CROP, 1.0), JointDepthLoss()
     ideal = heatmap_term.targets(keypoints, 16, 16)
     assert float(heatmap_term([ideal, ideal], keypoints)) < 1e-12
     assert float(heatmap_term([ideal.roll(1, dims=-1)], keypoints)) > 1e-3
@@ -75,13 +76,13 @@ def test_synthetic_terms_vanish_for_ideal_outputs(model: hand.HandModel) -> None
 
 
 def test_synthetic_losses_through_the_network(model: hand.HandModel, prior_file: Path) -> None:
-    losses = build_losses(LossConfig(), model, str(prior_file), size=SIZE, cube_mm=CUBE)
+    losses = build_losses(LossConfig(), model, str(prior_file), crop=CROP)
     net = build_network(NetworkConfig(stacks=2, width=16))
     out = net(torch.rand(2, 1, SIZE, SIZE) * 100)
     keypoints = model.keypoints(torch.zeros(2, 26))
     terms = losses.synthetic(out, keypoints)
     assert set(terms) == {"synthetic_heatmap", "synthetic_depth"}
-    heatmap_term = HeatmapTargetLoss(SIZE, CUBE, 1.0)
+    heatmap_term = HeatmapTargetLoss(CROP, 1.0)
     expected = 1e3 * sum(heatmap_term([logit], keypoints) for logit in out.logits)
     torch.testing.assert_close(terms["synthetic_heatmap"], expected)
     sum(terms.values()).backward()
@@ -124,7 +125,7 @@ def projection_term(model: hand.HandModel, **changes) -> ProjectionLoss:
     cfg = LossConfig()
     options = dict(data_scale=cfg.projection_data_scale, max_distance_mm=cfg.projection_max_distance_mm,
                    pairs=cfg.projection_pairs)
-    return ProjectionLoss(model.radii, SIZE, CUBE, **{**options, **changes})
+    return ProjectionLoss(model.radii, CROP, **{**options, **changes})
 
 
 def test_data_to_model_is_unsigned_and_clipped(model: hand.HandModel) -> None:
@@ -243,7 +244,7 @@ def real_output(joints: torch.Tensor) -> NetworkOutput:
 
 def test_real_losses_combine_weighted_terms(model: hand.HandModel, scene: dict, prior_file: Path) -> None:
     cfg = LossConfig(epoch_steps=100, consistency_steps=10)
-    losses = build_losses(cfg, model, str(prior_file), size=SIZE, cube_mm=CUBE)
+    losses = build_losses(cfg, model, str(prior_file), crop=CROP)
     batch = {"depth": scene["depth"], "cams": scene["cams"], "joints": scene["joints"][:, :, :36]}
     off = scene["joints"].clone()
     off[:, 1] += 5.0
@@ -260,7 +261,7 @@ def test_real_losses_combine_weighted_terms(model: hand.HandModel, scene: dict, 
 
 
 def test_real_losses_through_the_network(model: hand.HandModel, scene: dict, prior_file: Path) -> None:
-    losses = build_losses(LossConfig(), model, str(prior_file), size=SIZE, cube_mm=CUBE)
+    losses = build_losses(LossConfig(), model, str(prior_file), crop=CROP)
     net = build_network(NetworkConfig(stacks=2, width=16))
     out = net(scene["depth"].reshape(-1, 1, SIZE, SIZE))
     terms = losses.real(out, {"depth": scene["depth"], "cams": scene["cams"]}, step=0)
@@ -270,12 +271,12 @@ def test_real_losses_through_the_network(model: hand.HandModel, scene: dict, pri
 
 def test_disabled_terms_are_absent_and_prior_needs_a_file(model: hand.HandModel) -> None:
     cfg = LossConfig(prior=TermConfig(1e-2, enabled=False), projection=TermConfig(1.0, enabled=False))
-    losses = build_losses(cfg, model, None, size=SIZE, cube_mm=CUBE)
+    losses = build_losses(cfg, model, None, crop=CROP)
     assert "prior" not in losses.terms and "projection" not in losses.terms
     with pytest.raises(ValueError, match=r"loss\.prior\.enabled.*loss\.prior_path"):
-        build_losses(LossConfig(), model, None, size=SIZE, cube_mm=CUBE)
+        build_losses(LossConfig(), model, None, crop=CROP)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        build_losses(LossConfig(), model, "missing.pt", size=SIZE, cube_mm=CUBE)
+        build_losses(LossConfig(), model, "missing.pt", crop=CROP)
 
 
 @pytest.mark.parametrize("term, key, joints, needs", [("supervised", "joints", 36, "labelled"),
@@ -283,7 +284,7 @@ def test_disabled_terms_are_absent_and_prior_needs_a_file(model: hand.HandModel)
 def test_joint_target_terms_read_their_targets(model: hand.HandModel, scene: dict, term: str, key: str, joints: int,
                                                needs: str) -> None:
     cfg = LossConfig(**{term: TermConfig(0.5)}, prior=TermConfig(1e-2, enabled=False))
-    losses = build_losses(cfg, model, None, size=SIZE, cube_mm=CUBE)
+    losses = build_losses(cfg, model, None, crop=CROP)
     batch = {"depth": scene["depth"], "cams": scene["cams"], key: scene["joints"][:, :, :joints]}
     exact = losses.real(real_output(scene["joints"].reshape(6, 41, 3)), batch, step=0)
     assert float(exact[term]) == 0.0

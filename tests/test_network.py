@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geometry import pixels_to_crop
+from geometry import Crop
 from train.network import (NetworkConfig, NetworkOutput, build_network, cell_centres, decode_joints,
                            spatial_softmax)
 
@@ -18,7 +18,7 @@ TINY = NetworkConfig(stacks=1, width=16)
     (NetworkConfig(stacks=3, width=8, hourglass_depth=1, blocks=2), 32, 5),
 ])
 def test_output_shapes(cfg: NetworkConfig, size: int, num_spheres: int) -> None:
-    net = build_network(cfg, num_spheres=num_spheres, size=size)
+    net = build_network(cfg, num_spheres=num_spheres, crop=Crop(size))
     out = net(torch.rand(3, 1, size, size) * 300 - 150)
     grid = size // 4
     assert len(out.heatmaps) == len(out.depthmaps) == len(out.logits) == len(out.stack_joints) == cfg.stacks
@@ -54,28 +54,29 @@ def test_soft_argmax_of_one_hot_heatmap_is_the_cell_centre() -> None:
     depthmap = torch.full((1, 3, grid, grid), 999.0)
     for joint, (row, col) in enumerate(cells):
         depthmap[0, joint, row, col] = 10.0 * joint - 7.0
-    joints = decode_joints(heatmap, depthmap, cell_centres(size, grid), size, cube)
+    crop = Crop(size, cube)
+    joints = decode_joints(heatmap, depthmap, cell_centres(size, grid), crop)
     cell = size / grid
     expected = torch.tensor([[(col + 0.5) * cell, (row + 0.5) * cell, 10.0 * j - 7.0]
                              for j, (row, col) in enumerate(cells)])
-    torch.testing.assert_close(joints[0], pixels_to_crop(expected, size, cube))
+    torch.testing.assert_close(joints[0], crop.from_pixels(expected))
     # The centre of the crop (x = y = 0) lies between cells 7 and 8.
-    assert abs(pixels_to_crop(torch.tensor([8 * cell, 8 * cell, 0.0]), size, cube)).sum() == 0
+    assert abs(crop.from_pixels(torch.tensor([8 * cell, 8 * cell, 0.0]))).sum() == 0
 
 
 def test_peaked_softmax_decodes_close_to_the_peak() -> None:
     scores = torch.zeros(1, 1, 16, 16)
     scores[0, 0, 4, 9] = 1.0
-    joints = decode_joints(spatial_softmax(scores, 20.0), torch.zeros(1, 1, 16, 16), cell_centres(64, 16), 64, 300)
-    target = pixels_to_crop(torch.tensor([9.5 * 4, 4.5 * 4, 0.0]), 64, 300.0)
+    joints = decode_joints(spatial_softmax(scores, 20.0), torch.zeros(1, 1, 16, 16), cell_centres(64, 16), Crop())
+    target = Crop().from_pixels(torch.tensor([9.5 * 4, 4.5 * 4, 0.0]))
     assert torch.allclose(joints[0, 0], target, atol=1e-3)
 
 
 def test_symmetric_heatmap_decodes_between_cells() -> None:
     heatmap = torch.zeros(1, 1, 16, 16)
     heatmap[0, 0, 3, 4] = heatmap[0, 0, 3, 5] = 0.5
-    joints = decode_joints(heatmap, torch.zeros_like(heatmap), cell_centres(64, 16), 64, 300)
-    assert torch.allclose(joints[0, 0], pixels_to_crop(torch.tensor([5.0 * 4, 3.5 * 4, 0.0]), 64, 300.0))
+    joints = decode_joints(heatmap, torch.zeros_like(heatmap), cell_centres(64, 16), Crop())
+    assert torch.allclose(joints[0, 0], Crop().from_pixels(torch.tensor([5.0 * 4, 3.5 * 4, 0.0])))
 
 
 def test_gradients_reach_every_parameter() -> None:

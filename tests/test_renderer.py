@@ -74,11 +74,11 @@ def test_cpu_matches_torch_on_random_meshes(perspective, supersample):
 
 def test_cpu_matches_torch_on_hand_meshes():
     hand = pytest.importorskip("hand")
-    from geometry import crop_to_pixels
+    from geometry import Crop
 
     model = hand.HandModel()
     vertices, faces = model.mesh(hand.sample_poses(2, generator=torch.Generator().manual_seed(0)))
-    pixels = crop_to_pixels(vertices.detach().float(), size=32).contiguous()
+    pixels = Crop(32).to_pixels(vertices.detach().float()).contiguous()
     cpu = _render("cpu", pixels, faces, 32, background=150.0)
     ref = _render("torch", pixels, faces, 32, background=150.0)
     assert (cpu < 150.0).any()

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import hand
-from geometry import crop_to_pixels
+from geometry import Crop
 from renderer_cuda import extension
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def hand_scene(batch: int, supersample: int, seed: int = 0) -> Scene:
     with torch.no_grad():
         vertices, faces = model.mesh(pose)
         arm, arm_faces = model.forearm(pose, radii_mm=radii, wrist_flexion=torch.rand(batch, generator=generator) - 0.5)
-    vertices = crop_to_pixels(torch.cat([vertices, arm], dim=1).float(), size=64, cube_mm=300.0).contiguous()
+    vertices = Crop(64, 300.0).to_pixels(torch.cat([vertices, arm], dim=1).float()).contiguous()
     faces = torch.cat([faces, arm_faces + vertices.shape[1] - arm.shape[1]]).int()
     return Scene(vertices, faces, 64, 64, background=150.0, supersample=supersample)
 

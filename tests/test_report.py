@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hand import NYU_EVAL_JOINTS
+from geometry import Crop
+from shards.nyu_protocol import NYU_EVAL_JOINTS
 from shards.reader import make_loader
 from train.network import NetworkConfig, build_network
 
@@ -29,12 +30,15 @@ def report(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_report_rows_files_and_the_mean_pose(nyu_shards_gt: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run" / "checkpoints"
-    run.mkdir(parents=True)
+def save_run(run: Path, crop: Crop = Crop(64, 300.0)) -> None:
+    (run / "checkpoints").mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save({"step": 5, "model": build_network(TINY).state_dict(),
-                "config": {"model": asdict(TINY), "data": {"size": 64, "cube": 300.0}}}, run / "step-000000005.pt")
+    torch.save({"step": 5, "model": build_network(TINY, crop=crop).state_dict(),
+                "config": {"model": asdict(TINY), "crop": asdict(crop)}}, run / "checkpoints" / "step-000000005.pt")
+
+
+def test_report_rows_files_and_the_mean_pose(nyu_shards_gt: Path, tmp_path: Path) -> None:
+    save_run(tmp_path / "run")
     result = report("--data", str(nyu_shards_gt), "--run", f"untrained={tmp_path / 'run'}", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -56,3 +60,7 @@ def test_report_refuses_bad_runs(nyu_shards_gt: Path, tmp_path: Path) -> None:
     assert missing.returncode == 2 and "nothing" in missing.stderr and "Traceback" not in missing.stderr
     malformed = report("--data", str(nyu_shards_gt), "--run", "no-equals-sign", "--out", str(tmp_path))
     assert malformed.returncode == 2 and "NAME=" in malformed.stderr
+    save_run(tmp_path / "other-crop", Crop(64, 250.0))
+    other = report("--data", str(nyu_shards_gt), "--run", f"x={tmp_path / 'other-crop'}", "--out", str(tmp_path))
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "cut at 64 px / 300 mm" in other.stderr and "uses 64 px / 250 mm" in other.stderr

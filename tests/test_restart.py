@@ -70,8 +70,11 @@ WORKER_SCRIPT = textwrap.dedent("""
     import os, subprocess, sys, time
     from pathlib import Path
     from shards.reader import make_loader
+    from train.distributed import PREEMPTION_SIGNALS
 
-    loader = iter(make_loader(sys.argv[1], batch_size=4, batches_per_epoch=50, num_workers=1, seed=0))
+    # As training makes its loaders: the workers take the preemption signals from this process only.
+    loader = iter(make_loader(sys.argv[1], batch_size=4, batches_per_epoch=50, num_workers=1, seed=0,
+                              protect_signals=PREEMPTION_SIGNALS))
     next(loader)
     (worker,) = [int(p) for t in Path("/proc/self/task").iterdir() for p in (t / "children").read_text().split()]
     # A scheduler's SIGTERM comes from another process: the worker must not die of it.

@@ -14,11 +14,11 @@ import scipy.io
 import torch
 
 from conftest import REPO, run_shards
-from hand import NYU_EVAL_JOINTS
-from shards.format import encode_sample, shard_name, write_manifest, write_tar, ShardRecord, sha256_file
-from shards.nyu import NYU_INTRINSICS, nyu_xyz_to_camera
-from shards.nyu_results import camera_to_uvd, read_results, uvd_to_xyz, write_results
-from tests.test_evaluate import CUBE, SIZE, TINY, save_checkpoint
+from fileio import sha256_file
+from shards.format import ShardRecord, encode_sample, shard_name, write_manifest, write_tar
+from shards.nyu import nyu_xyz_to_camera
+from shards.nyu_protocol import NYU_EVAL_JOINTS, NYU_INTRINSICS, camera_to_uvd, read_results, uvd_to_xyz, write_results
+from tests.test_evaluate import CROP, CUBE, SIZE, TINY, save_checkpoint
 from train.evaluate import main
 from train.network import build_network
 
@@ -42,7 +42,7 @@ def community_mean_error(results: Path, labels: Path) -> float:
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(4)
     path = tmp_path_factory.mktemp("ckpt") / "step-7.pt"
-    save_checkpoint(path, build_network(TINY, size=SIZE, cube_mm=CUBE), TINY)
+    save_checkpoint(path, build_network(TINY, crop=CROP), TINY)
     return path
 
 

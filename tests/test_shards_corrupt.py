@@ -84,7 +84,7 @@ def test_payload_bit_flip(shards):
 def test_tar_header_bit_flip(shards):
     # tarfile ends an archive silently at a bad header after the first: only the manifest's count tells.
     flip_header(shards / SHARD)  # entry 12 of 40 (4 per sample): samples 0..2 complete, the rest unread
-    with pytest.raises(CorruptShardError, match=rf"{SHARD}: ends after sample \d+, 3 of the manifest's 10"):
+    with pytest.raises(CorruptShardError, match=rf"{SHARD}: 3 samples, manifest.json lists 10"):
         read_all(shards)
     batches = read_all(shards, "skip", max_corrupt_fraction=0.5)
     assert sum(len(b["pose"]) for b in batches) == 33
@@ -175,11 +175,11 @@ def test_inspect_names_the_corrupt_sample(shards):
 
 
 def test_evaluate_refuses_a_corrupt_test_shard(tmp_path):
-    from tests.test_evaluate import TINY, CUBE, SIZE, save_checkpoint, write_nyu_shards
+    from tests.test_evaluate import CROP, TINY, save_checkpoint, write_nyu_shards
     from train.network import build_network
 
     checkpoint = tmp_path / "step-1.pt"
-    save_checkpoint(checkpoint, build_network(TINY, size=SIZE, cube_mm=CUBE), TINY)
+    save_checkpoint(checkpoint, build_network(TINY, crop=CROP), TINY)
     write_nyu_shards(tmp_path / "test", [5, 6, 7, 8])
     key = flip_payload(tmp_path / "test" / SHARD, index=2)
     result = subprocess.run([sys.executable, "-m", "train.evaluate", "--checkpoint", str(checkpoint), "--data",
@@ -220,7 +220,7 @@ def test_run_skips_corrupt_samples_and_reports_them(shards, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert re.search(rf"dropped 1 sample\(s\) of \S+{SHARD}: .*sample {key}: .*CRC32", result.stderr), \
         result.stderr[-4000:]
-    assert re.search(r"dropped 7 sample\(s\) of \S+shard-000002.tar: .*ends after sample", result.stderr)
+    assert re.search(r"dropped 7 sample\(s\) of \S+shard-000002.tar: .*3 samples, manifest.json lists 10", result.stderr)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     counts = [r["data/skipped_samples"] for r in records if "data/skipped_samples" in r]
     assert len(counts) == 3 and counts[-1] > 0 and counts == sorted(counts), counts

@@ -9,7 +9,7 @@ import pytest
 
 from shards.cameras import rotation_angle_deg
 from shards.fake_nyu import RECORD_NAME, camera_poses
-from geometry import background_depth, crop_to_pixels, transform_points
+from geometry import Crop, transform_points
 from shards.nyu import load_labels
 from shards.reader import make_loader
 
@@ -44,7 +44,8 @@ def test_round_trip_joints_depth_and_cams(split, fake_nyu_dir, nyu_shards_gt, re
     checked = visible = border = 0
     for sample in samples:
         frame, meta = sample["meta"]["frame"], sample["meta"]
-        size, cube = meta["size"], meta["cube"]
+        crop = Crop(meta["size"], meta["cube"])
+        size = crop.size
         assert sample["depth"].shape == (3, size, size) and meta["split"] == split
         mat = labels.joints[:, frame - 1]
         centers = np.array(meta["centers"])
@@ -53,8 +54,8 @@ def test_round_trip_joints_depth_and_cams(split, fake_nyu_dir, nyu_shards_gt, re
             pairwise = np.linalg.norm(sample["joints"][view][:, None] - sample["joints"][view][None], axis=-1)
             np.testing.assert_allclose(pairwise, np.linalg.norm(mat[view][:, None] - mat[view][None], axis=-1),
                                        atol=0.01)
-            crop = sample["depth"][view]
-            hand = crop < background_depth(cube)
+            image = sample["depth"][view]
+            hand = image < crop.background_depth
             border += hand[0].any() or hand[-1].any() or hand[:, 0].any() or hand[:, -1].any()
             if not good_view(record, split, frame, view):
                 continue
@@ -64,11 +65,11 @@ def test_round_trip_joints_depth_and_cams(split, fake_nyu_dir, nyu_shards_gt, re
                 if not record[f"{split}_visible"][view, frame - 1, tip]:
                     continue
                 visible += 1
-                u, v, z = crop_to_pixels(sample["joints"][view][tip], size, cube)
+                u, v, z = crop.to_pixels(sample["joints"][view][tip])
                 i, j = int(v), int(u)
-                if 0 <= i < size and 0 <= j < size and crop[i, j] < background_depth(cube):
+                if 0 <= i < size and 0 <= j < size and image[i, j] < crop.background_depth:
                     checked += 1  # sensor holes and edge dropout may blank a tip; those are not checked
-                    assert abs(crop[i, j] - z) < 15.0, (frame, view, tip, crop[i, j], z)
+                    assert abs(image[i, j] - z) < 15.0, (frame, view, tip, image[i, j], z)
     assert visible > 0 and checked >= 0.6 * visible, (checked, visible)
     assert border >= 0.8 * 3 * len(samples), "the forearm should leave the crop cube in most views"
 

@@ -8,7 +8,7 @@ import sys
 import time
 
 from conftest import REPO, run_shards
-from shards.format import sha256_file
+from fileio import sha256_file
 
 
 def shard_digests(directory):

@@ -9,7 +9,8 @@ import torch
 
 import hand
 from conftest import run_shards
-from shards.format import SYNTHETIC_AUGMENT_FIELDS, sha256_file
+from fileio import sha256_file
+from shards.format import SYNTHETIC_AUGMENT_FIELDS
 from shards.reader import make_loader
 
 

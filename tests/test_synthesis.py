@@ -7,17 +7,18 @@ import torch
 
 from hand import PALM_CENTER, HandModel
 from shards.format import SYNTHETIC_AUGMENT_FIELDS
-from geometry import background_depth, crop_to_pixels
+from geometry import Crop
 from train.synthesis import Synthesizer, held_out_batch
 
-SIZE, CUBE = 64, 300.0
-BG = background_depth(CUBE)
+CROP = Crop(64, 300.0)
+SIZE, CUBE = CROP.size, CROP.cube_mm
+BG = CROP.background_depth
 FIELD = {name: i for i, name in enumerate(SYNTHETIC_AUGMENT_FIELDS)}
 
 
 @pytest.fixture(scope="module")
 def synth() -> Synthesizer:
-    return Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE)
+    return Synthesizer(HandModel(), crop=CROP)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_shapes_range_and_background(synth, clean):
 
 def test_keypoints_sit_on_the_rendered_hand(synth, clean):
     depth, keypoints = synth(clean)
-    palm = crop_to_pixels(keypoints[:, PALM_CENTER], SIZE, CUBE)
+    palm = CROP.to_pixels(keypoints[:, PALM_CENTER])
     for b in range(depth.shape[0]):
         i, j = int(palm[b, 1]), int(palm[b, 0])
         window = depth[b, 0, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
@@ -94,8 +95,8 @@ def test_jitter_moves_crop_and_keypoints_together(synth, clean, jx, jy):
     inner = (slice(None), slice(None), slice(margin, SIZE - margin), slice(margin, SIZE - margin))
     mismatch = ((moved[inner] - expected[inner]).abs() > 0.5).float().mean()
     assert mismatch < 0.01, f"{100 * mismatch:.2f}% of pixels differ from the shifted render"
-    p0 = crop_to_pixels(k0, SIZE, CUBE)
-    p1 = crop_to_pixels(k1, SIZE, CUBE)
+    p0 = CROP.to_pixels(k0)
+    p1 = CROP.to_pixels(k1)
     assert torch.allclose(p1[..., :2] - p0[..., :2], torch.tensor([-float(jx), -float(jy)]), atol=1e-3)
 
 
@@ -103,17 +104,17 @@ def test_forearm_and_scale_augmentation(clean):
     from train.synthesis import SynthesisConfig
 
     seeds = with_augment(clean, noise_seed=[11, 12, 13, 14, 15, 16])
-    plain, plain_keypoints = Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE)(seeds)
-    arm, arm_keypoints = Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE, cfg=SynthesisConfig(forearm=1.0))(seeds)
+    plain, plain_keypoints = Synthesizer(HandModel(), crop=CROP)(seeds)
+    arm, arm_keypoints = Synthesizer(HandModel(), crop=CROP, cfg=SynthesisConfig(forearm=1.0))(seeds)
     # The arm only adds surface: labels unchanged, more foreground, and nowhere a farther depth.
     torch.testing.assert_close(arm_keypoints, plain_keypoints)
     assert ((arm < BG).sum(dim=(1, 2, 3)) > (plain < BG).sum(dim=(1, 2, 3)) + 20).all()
     assert (arm <= plain + 1e-4).all()
-    again, _ = Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE, cfg=SynthesisConfig(forearm=1.0))(seeds)
+    again, _ = Synthesizer(HandModel(), crop=CROP, cfg=SynthesisConfig(forearm=1.0))(seeds)
     assert torch.equal(arm, again)  # drawn from each sample's seed: the same render every time
     # Scale jitter scales hand and labels together about the palm centre, within the configured range.
     cfg = SynthesisConfig(scale_jitter=0.15)
-    _, scaled = Synthesizer(HandModel(), size=SIZE, cube_mm=CUBE, cfg=cfg)(seeds)
+    _, scaled = Synthesizer(HandModel(), crop=CROP, cfg=cfg)(seeds)
     spread = lambda k: (k - k[:, PALM_CENTER:PALM_CENTER + 1]).norm(dim=-1).mean(dim=1)  # noqa: E731
     ratio = spread(scaled) / spread(plain_keypoints)
     assert ((ratio > 0.84) & (ratio < 1.16)).all() and ratio.std() > 0.01

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from geometry import Crop
 from tests.conftest import run_shards
+from train.checkpoint import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,19 +90,17 @@ def test_tensorboard_holds_scalars_and_images(mixed_run):
 
 
 def test_checkpoints_load_with_weights_only(mixed_run):
-    from train.evaluate import load_network
-
     paths = sorted((mixed_run / "checkpoints").glob("step-*.pt"))
     assert [p.name for p in paths] == ["step-000000030.pt", "step-000000060.pt"]
     state = torch.load(paths[-1], map_location="cpu", weights_only=True)
     assert state["step"] == 60
-    assert state["config"]["model"]["width"] == 32 and state["config"]["data"]["size"] == 64
+    assert state["config"]["model"]["width"] == 32 and state["config"]["crop"] == {"size": 64, "cube_mm": 300.0}
     for key in ("model", "optimizer", "scheduler", "scaler", "rng", "data"):
         assert key in state, key
     assert not any(k.startswith("module.") for k in state["model"])
     assert len(state["rng"]) == 2 and isinstance(state["rng"][1]["torch"], torch.Tensor)
-    net, config = load_network(paths[-1])
-    assert config["model"]["stacks"] == 1
+    net, crop, config = load_network(paths[-1])
+    assert config["model"]["stacks"] == 1 and crop == Crop(64, 300.0)
     assert torch.equal(net.state_dict()["heads.0.weight"], state["model"]["heads.0.weight"])
 
 

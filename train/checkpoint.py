@@ -4,17 +4,20 @@ A checkpoint file ``RUN/checkpoints/step-000001234.pt`` is a ``torch.save`` of p
 (tensors, ints, floats, strings, lists, dicts; RNG states as tensors), so
 ``torch.load(path, weights_only=True)`` reads it::
 
-    {"step": int, "model": network state_dict (no "module." prefix), "config": resolved config dict,
-     "optimizer": ..., "scheduler": ..., "scaler": ..., "rng": [per-rank RNG state, indexed by rank],
+    {"step": int, "model": network state_dict (no "module." prefix), "config": resolved config dict
+     (its "model" and "crop" sections say what network the weights fit), "optimizer": ..., "scheduler": ...,
+     "scaler": ..., "rng": [per-rank RNG state, indexed by rank],
      "data": {"step": int, "batches_per_epoch": int}, "world_size": int}
 
 Rank 0 writes to a temporary file and renames it, so a checkpoint counts only when complete. Saving
 is collective (every rank contributes its RNG state), so every rank calls :meth:`Checkpointer.save`.
 
-:func:`read_checkpoint` is the one reader (resume, the ``init`` key, ``train.evaluate``): a missing,
-unreadable or foreign file raises :class:`CheckpointError` naming it. Resume skips an unreadable newest
-file (a crash mid-write on a non-atomic filesystem) and takes the previous one, but refuses a run dir
-whose checkpoints hold another ``model`` section (the message names the keys). A changed
+:func:`read_checkpoint` is the one reader (resume, the ``init`` key, :func:`load_network`): a missing,
+unreadable or foreign file raises :class:`CheckpointError` naming it. :meth:`Checkpointer.load` resumes,
+or starts a fresh run from ``init`` weights; both refuse a checkpoint whose network is another one: another
+``model`` section (the message names the keys) or another crop (:class:`geometry.Crop`, both named: the
+same weights at another crop size or cube decode silently wrong joints). Resume skips an unreadable newest
+file (a crash mid-write on a non-atomic filesystem) and takes the previous one. A changed
 ``data.batches_per_epoch``, per-rank batch size (``data.synthetic_batch``, ``data.real_batch``) or world
 size is allowed (elastic resumes) but logged as a warning with both values: the data stream then
 continues at a different position than an uninterrupted run would.
@@ -32,8 +35,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from shards.format import write_atomic
+from fileio import write_atomic
+from geometry import Crop
 from train.distributed import all_gather_objects, barrier
+from train.network import HourglassNet, NetworkConfig, build_network
+from train.schema import ConfigError, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +95,29 @@ def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
 
 
-def check_model_config(payload: dict[str, Any], current: dict[str, Any], path: str | Path, remedy: str) -> None:
-    """Refuse a checkpoint whose ``config.model`` differs from ``current`` (resume and ``init`` alike).
+def checkpoint_crop(payload: dict[str, Any], path: str | Path) -> Crop:
+    """The crop the checkpoint's network was trained at: its config's ``crop`` section, or for checkpoints
+    made before that section existed, ``data.size``/``data.cube``."""
+    config = payload["config"]
+    try:
+        if "crop" in config:
+            return Crop(int(config["crop"]["size"]), float(config["crop"]["cube_mm"]))
+        return Crop(int(config["data"]["size"]), float(config["data"]["cube"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path}: its config records no usable crop ({error})") from None
 
-    The message names the file and every differing key; ``remedy`` says what the user can do.
-    """
-    differences = model_differences(payload["config"].get("model") or {}, current)
+
+def check_network(payload: dict[str, Any], path: str | Path, model: dict[str, Any], crop: Crop, remedy: str) -> None:
+    """Refuse a checkpoint whose network differs from the one at hand: another ``config.model`` (every
+    differing key named) or another crop (both named). ``remedy`` says what the user can do."""
+    differences = model_differences(payload["config"].get("model") or {}, model)
     if differences:
         raise CheckpointError(f"checkpoint {path} was trained with another model config "
                               f"({'; '.join(differences)}); {remedy}")
+    trained_at = checkpoint_crop(payload, path)
+    if trained_at != crop:
+        raise CheckpointError(f"checkpoint {path} was trained at crop {trained_at}, this run uses {crop} "
+                              f"(crop.size, crop.cube_mm); {remedy}")
 
 
 def load_model_weights(net: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:
@@ -107,6 +127,24 @@ def load_model_weights(net: torch.nn.Module, payload: dict[str, Any], path: str 
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path}: its weights do not fit this network: "
                               f"{str(error).strip().splitlines()[-1].strip()}") from error
+
+
+def load_network(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[HourglassNet, Crop, dict]:
+    """The network of a training checkpoint (eval mode), the crop it takes, and the checkpoint's config.
+
+    ``checkpoint`` is a checkpoint file, or a run directory whose newest checkpoint is taken.
+    """
+    path = resolve_checkpoint(checkpoint)
+    payload = read_checkpoint(path)
+    try:
+        model = from_dict(NetworkConfig, payload["config"].get("model") or {}, prefix="model.",
+                          where=f" in checkpoint {path}")
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
+    crop = checkpoint_crop(payload, path)
+    net = build_network(model, crop=crop)
+    load_model_weights(net, payload, path)
+    return net.to(device).eval(), crop, payload["config"]
 
 
 @dataclass
@@ -177,7 +215,8 @@ class Checkpointer:
     """Saves and restores the training state of one run directory.
 
     ``states`` names the objects to restore ("model" must be the unwrapped network; "optimizer",
-    "scheduler", "scaler" as present); ``config`` is the resolved config as plain data.
+    "scheduler", "scaler" as present); ``config`` is the resolved config as plain data, its ``model`` and
+    ``crop`` sections the network's (a checkpoint of another network is refused).
     """
 
     def __init__(self, cfg: CheckpointConfig, directory: Path, *, states: dict[str, Stateful],
@@ -187,6 +226,7 @@ class Checkpointer:
         self.directory = Path(directory)
         self.states = states
         self.config = config
+        self.crop = Crop(**config["crop"])
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
@@ -220,28 +260,46 @@ class Checkpointer:
         for _, old in list_checkpoints(self.directory)[:-max(self.cfg.keep, 1)]:
             old.unlink(missing_ok=True)
 
-    def load(self) -> int:
-        """Restore from the newest readable checkpoint; the step to continue from (0 if none).
+    def load(self, init: str | Path | None = None) -> int:
+        """Restore from the newest readable checkpoint of the run; the step to continue from. A run with
+        nothing to resume starts at step 0, from the ``init`` checkpoint's network weights when given (a
+        checkpoint or a run dir: its newest; a fresh optimizer and schedule).
 
-        Raises CheckpointError when the checkpoint belongs to another model config or lacks a state.
+        Raises CheckpointError when a checkpoint holds another network (model section or crop), lacks a
+        state, or ``init`` cannot be read.
         """
-        if not self.cfg.resume:
-            return 0
+        step = self._resume() if self.cfg.resume else 0
+        if step == 0 and init:
+            self._load_init(init)
+        return step
+
+    def _resume(self) -> int:
         for step, path in reversed(list_checkpoints(self.directory)):
             try:
                 obj = read_checkpoint(path, ("step", *REQUIRED_KEYS))
             except CheckpointError as exc:  # a damaged file: fall back to the previous one
                 log.warning("cannot read checkpoint %s (%s); trying an older one", path, exc)
                 continue
-            check_model_config(obj, self.config.get("model") or {}, path,
-                               f"run.dir {self.directory.parent} holds it: use a new run.dir or restore "
-                               "those model settings")
+            check_network(obj, path, self.config.get("model") or {}, self.crop,
+                          f"run.dir {self.directory.parent} holds it: use a new run.dir or restore those settings")
             self._warn_data_position(obj, path)
             self._restore(obj, path)
             self.last_saved = step
             log.info("resumed from %s at step %d", path, step)
             return int(obj["step"])
         return 0
+
+    def _load_init(self, init: str | Path) -> None:
+        """The ``init`` key: network weights only."""
+        try:
+            path = resolve_checkpoint(init)
+        except FileNotFoundError as error:
+            raise CheckpointError(f"init: {error}") from error
+        obj = read_checkpoint(path)
+        check_network(obj, path, self.config.get("model") or {}, self.crop,
+                      "init= needs a checkpoint of this network: make the model and crop sections match")
+        load_model_weights(self.states["model"], obj, path)  # type: ignore[arg-type]
+        log.info("initialised the network from %s (step %s)", path, obj.get("step"))
 
     def _warn_data_position(self, obj: dict[str, Any], path: Path) -> None:
         """Log each changed setting that moves the data stream (allowed: elastic resumes change them)."""

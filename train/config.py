@@ -20,17 +20,18 @@ from typing import Any
 
 import yaml
 
-from shards.format import ShardsError, check_shard_files
+from geometry import Crop
+from shards.format import ShardsError, check_crop, check_shard_files
 from train.checkpoint import CheckpointConfig
-from train.data import NO_TRAINING_DATA, DataConfig, check_crop_geometry, training_dirs
-from train.losses import FITTED_KEY, REAL_TERMS, SYNTHETIC_TERMS, LossConfig
+from train.data import NO_TRAINING_DATA, RUN_CROP, DataConfig, training_dirs
+from train.losses import FITTED_ENTRY, REAL_TERMS, SYNTHETIC_TERMS, LossConfig
 from train.metrics import MetricsConfig
 from train.monitor import EvalConfig
 from train.network import NetworkConfig
 from train.optim import OptimConfig
 from train.prior import check_prior_file
 from train.run import RunConfig
-from train.schema import ConfigError, from_dicts, parse_override, to_plain
+from train.schema import ConfigError, load_yaml, to_plain
 from train.synthesis import SynthesisConfig
 
 __all__ = ["ConfigError", "TrainConfig", "active_losses", "dump_config", "load_config", "validate"]
@@ -41,6 +42,7 @@ class TrainConfig:
     """The whole run; each section is owned by the module that uses it."""
 
     model: NetworkConfig = field(default_factory=NetworkConfig)  # network architecture (train.network)
+    crop: Crop = field(default_factory=Crop)  # the crop of every image: size px onto a cube_mm cube (geometry.Crop)
     loss: LossConfig = field(default_factory=LossConfig)  # loss terms and weights (train.losses)
     data: DataConfig = field(default_factory=DataConfig)  # shard sources and batch sizes (train.data)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)  # on-the-fly rendering (train.synthesis)
@@ -52,22 +54,9 @@ class TrainConfig:
     init: str | None = None  # checkpoint whose "model" weights start a fresh run (ignored when resuming)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = TrainConfig) -> Any:
-    """Defaults of ``cls``, then the YAML file, then the dotted overrides, checked against the tree."""
-    sources: list[tuple[dict[str, Any], str]] = []
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-        sources.append((loaded, f" in {str(path)!r}"))
-    sources += [(parse_override(cls, text), " (command line)") for text in overrides]
-    return from_dicts(cls, sources)
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file, then the dotted overrides, checked against the tree (:func:`load_yaml`)."""
+    return load_yaml(TrainConfig, path, overrides)
 
 
 def active_losses(cfg: TrainConfig) -> LossConfig:
@@ -118,12 +107,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 
 def _check_real_geometry(cfg: TrainConfig) -> None:
-    """The NYU shards' crop size and cube must be the config's (a cube mismatch would be silent)."""
+    """The NYU shards must have been cut at the run's crop (a cube mismatch would be silent)."""
     splits = ["train", "test"] if cfg.eval.enabled else ["train"]
     for split in splits:
         try:
-            check_crop_geometry(cfg.data, Path(cfg.data.real) / split)
-        except (ValueError, ShardsError) as exc:
+            check_crop(Path(cfg.data.real) / split, cfg.crop, RUN_CROP)
+        except ShardsError as exc:
             raise ConfigError(f"config key 'data.real': {exc}") from exc
 
 
@@ -131,9 +120,9 @@ def _check_fitted_targets(cfg: TrainConfig) -> None:
     """loss.fitted trains on the pseudo-labels of train.pseudo_labels: the real train split must carry them."""
     split = Path(cfg.data.real) / "train"
     manifest = check_shard_files(split)
-    if manifest is not None and f"{FITTED_KEY}.npy" not in manifest.get("keys", []):
+    if manifest is not None and FITTED_ENTRY not in manifest.get("keys", []):
         raise ConfigError(f"config key 'loss.fitted.enabled': {str(split)!r} has no fitted pseudo-labels "
-                          f"({FITTED_KEY}.npy); make them with `python -m train.pseudo_labels --checkpoint RUN "
+                          f"({FITTED_ENTRY}); make them with `python -m train.pseudo_labels --checkpoint RUN "
                           f"--data {cfg.data.real} --out DIR` and set data.real=DIR")
 
 

@@ -10,15 +10,18 @@ already consumed: the data position is the step count and needs nothing else in 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM
+from geometry import Crop
+from shards.format import check_crop
+from shards.reader import SKIPPED_KEY, make_loader
+from train.distributed import PREEMPTION_SIGNALS
 
 log = logging.getLogger(__name__)
 
+RUN_CROP = "this run (config keys crop.size, crop.cube_mm)"  # whose crop, in crop mismatch messages
 NO_TRAINING_DATA = "no training data: set 'data.synthetic' and/or 'data.real' (with a batch size > 0)"
 
 
@@ -32,8 +35,6 @@ class DataConfig:
     synthetic_batch: int = 16  # synthetic samples per rank and step
     batches_per_epoch: int = 500  # batches per loader epoch and rank; resume reopens the epoch and skips
     num_workers: int = 2  # loader worker processes per rank and source
-    size: int = DEFAULT_CROP_SIZE  # crop size S in pixels (must match the shards)
-    cube: float = DEFAULT_CUBE_MM  # crop cube edge in mm (must match the shards)
     on_corrupt: Literal["error", "skip"] = "error"  # a corrupt sample/shard: stop the run, or drop it and go on
     max_corrupt_fraction: float = 0.01  # skip: stop once more than this fraction of what a reader read is bad
 
@@ -59,13 +60,11 @@ class BatchStream:
                  seed: int, on_corrupt: Literal["error", "skip"] = "error", max_corrupt_fraction: float = 0.01) -> None:
         if not Path(source).is_dir():
             raise FileNotFoundError(f"shard source {str(source)!r} is not a directory")
-        from shards.reader import make_loader
-
         self.source = str(source)
         self.batches_per_epoch = batches_per_epoch
         self.loader = make_loader(source, batch_size=batch_size, batches_per_epoch=batches_per_epoch,
                                   num_workers=num_workers, seed=seed, resampled=True, on_corrupt=on_corrupt,
-                                  max_corrupt_fraction=max_corrupt_fraction)
+                                  max_corrupt_fraction=max_corrupt_fraction, protect_signals=PREEMPTION_SIGNALS)
         self.skipped = 0  # corrupt samples this rank's readers dropped (data.on_corrupt=skip)
         self._logged: set[tuple[str, str]] = set()
         self._iterator: Iterator[dict[str, Any]] | None = None
@@ -76,7 +75,7 @@ class BatchStream:
     def _open(self, epoch: int) -> None:
         self._iterator = None  # lets the previous epoch's workers shut down first
         self.loader.set_epoch(epoch)
-        # Workers start here; shards.reader makes them ignore a job-wide SIGTERM (this rank checkpoints).
+        # Workers start here; they ignore a job-wide SIGTERM (this rank checkpoints; protect_signals).
         self._iterator = iter(self.loader)
         self._first = next(self._iterator, None)
         self._epoch, self._offset = epoch, 0
@@ -105,33 +104,11 @@ class BatchStream:
 
     def _count_skips(self, batch: dict[str, Any]) -> None:
         """Count the samples the readers dropped since the previous batch; log each drop once."""
-        from shards.reader import SKIPPED_KEY
-
         for url, key, samples, reason in batch.pop(SKIPPED_KEY, []):
             self.skipped += samples
             if (url, key) not in self._logged:
                 self._logged.add((url, key))
                 log.warning("data.on_corrupt=skip: dropped %d sample(s) of %s: %s", samples, url, reason)
-
-
-def check_crop_geometry(cfg: DataConfig, split_dir: str | Path) -> None:
-    """Refuse NYU shards cropped with another size/cube than the config's ``data.size``/``data.cube``.
-
-    A size mismatch would fail later on shapes, but a cube mismatch is silent: the losses would use
-    the wrong mm-per-pixel scale. Raises ValueError naming the dir, both values and the config keys.
-    """
-    from shards.format import crop_geometry
-
-    size, cube = crop_geometry(split_dir)
-    wrong = []
-    if size != cfg.size:
-        wrong.append(f"size {size} px (config key data.size = {cfg.size})")
-    if not math.isclose(cube, cfg.cube, rel_tol=1e-6):
-        wrong.append(f"cube {cube:g} mm (config key data.cube = {cfg.cube:g})")
-    if wrong:
-        raise ValueError(f"NYU shards {split_dir} were cropped with {' and '.join(wrong)}: set data.size/"
-                         f"data.cube to match, or rebuild the shards with `python -m shards nyu --size "
-                         f"{cfg.size} --cube {cfg.cube:g}`")
 
 
 def training_dirs(cfg: DataConfig, *, evaluating: bool) -> list[tuple[str, Path]]:
@@ -142,15 +119,16 @@ def training_dirs(cfg: DataConfig, *, evaluating: bool) -> list[tuple[str, Path]
     return dirs
 
 
-def build_streams(cfg: DataConfig, *, seed: int) -> tuple[BatchStream | None, BatchStream | None]:
-    """(synthetic, real) streams; None for a source that is absent or has batch size 0."""
+def build_streams(cfg: DataConfig, *, crop: Crop, seed: int) -> tuple[BatchStream | None, BatchStream | None]:
+    """(synthetic, real) streams; None for a source that is absent or has batch size 0. The real shards
+    must have been cut at ``crop``, the run's."""
     common = dict(batches_per_epoch=cfg.batches_per_epoch, num_workers=cfg.num_workers, on_corrupt=cfg.on_corrupt,
                   max_corrupt_fraction=cfg.max_corrupt_fraction)
     synthetic = real = None
     if cfg.has_synthetic:
         synthetic = BatchStream(cfg.synthetic, batch_size=cfg.synthetic_batch, seed=seed, **common)
     if cfg.has_real:
-        check_crop_geometry(cfg, Path(cfg.real) / "train")
+        check_crop(Path(cfg.real) / "train", crop, RUN_CROP)
         real = BatchStream(Path(cfg.real) / "train", batch_size=cfg.real_batch, seed=seed + 1, **common)
     if synthetic is None and real is None:
         raise ValueError(NO_TRAINING_DATA)

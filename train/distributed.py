@@ -18,13 +18,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from types import FrameType
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from shards.reader import PREEMPTION_SIGNALS
-
+T = TypeVar("T")
+# A scheduler's preemption signals: every rank stops at the next step and checkpoints (the loader's workers
+# are told to outlive them: shards.reader.make_loader's protect_signals).
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,21 @@ def first_error(message: str | None) -> str | None:
         if text is not None:
             return f"rank {rank}: {text}"
     return None
+
+
+def agree_on_error(work: Callable[[], T], error: type[Exception]) -> T:
+    """Collective: ``work()`` on every rank; when it raised ``error`` on any rank, every rank raises ``error``
+    with the first failing rank's message (:func:`first_error`), instead of one rank dying and its peers
+    waiting in the next collective until the timeout (a corrupt shard read by one rank)."""
+    value, problem = None, None
+    try:
+        value = work()
+    except error as exc:
+        problem = str(exc)
+    message = first_error(problem)
+    if message is not None:
+        raise error(message)
+    return value  # type: ignore[return-value]
 
 
 def barrier() -> None:

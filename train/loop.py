@@ -20,11 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hand import HandModel
 from shards.format import ShardsError
-from train.checkpoint import (CheckpointError, Checkpointer, check_model_config, load_model_weights, read_checkpoint,
-                              resolve_checkpoint)
+from train.checkpoint import Checkpointer
 from train.config import TrainConfig, active_losses
 from train.data import build_streams
-from train.distributed import DistEnv, PreemptionFlag, all_gather_floats, first_error, is_distributed
+from train.distributed import DistEnv, PreemptionFlag, agree_on_error, all_gather_floats, is_distributed
 from train.losses import Losses, build_losses
 from train.metrics import build_metrics_sink
 from train.monitor import ImageMaker, build_evaluator, step_images
@@ -138,14 +137,13 @@ class Trainer:
         self.cfg, self.env, self.device, self.run_dir = cfg, env, device, run_dir
         # Before anything slow: a SIGTERM during setup must set the flag, not kill the rank.
         self.preemption = PreemptionFlag().install()
-        size, cube = cfg.data.size, cfg.data.cube
         self.hand = HandModel().to(device)
-        self.synthesizer = Synthesizer(self.hand, size=size, cube_mm=cube, cfg=cfg.synthesis)
+        self.synthesizer = Synthesizer(self.hand, crop=cfg.crop, cfg=cfg.synthesis)
         with torch.random.fork_rng(devices=[]):  # the same initial weights on every rank (DDP broadcasts them too)
             torch.manual_seed(cfg.run.seed)
-            self.net = build_network(cfg.model, num_spheres=self.hand.num_spheres, size=size, cube_mm=cube)
+            self.net = build_network(cfg.model, num_spheres=self.hand.num_spheres, crop=cfg.crop)
         self.net = self.net.to(device)
-        self.losses = build_losses(active_losses(cfg), self.hand, size=size, cube_mm=cube).to(device)
+        self.losses = build_losses(active_losses(cfg), self.hand, crop=cfg.crop).to(device)
         self.optimizer, self.scheduler, self.scaler = build_optimizer(cfg.optim, self.net, cfg.run.steps, device)
         self.checkpointer = Checkpointer(
             cfg.checkpoint, run_dir / "checkpoints", config=to_plain(cfg), rank=env.rank,
@@ -155,23 +153,21 @@ class Trainer:
         self.model: nn.Module = self.net
         if is_distributed():
             self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
-        self.synthetic_stream, self.real_stream = build_streams(cfg.data, seed=cfg.run.seed)
+        self.synthetic_stream, self.real_stream = build_streams(cfg.data, crop=cfg.crop, seed=cfg.run.seed)
         self.metrics = build_metrics_sink(cfg.metrics, run_dir, is_main=env.is_main, total_steps=cfg.run.steps)
         held_out = cfg.eval.synthetic_samples, cfg.eval.synthetic_seed
         self.evaluator = build_evaluator(
             cfg.eval, real_root=cfg.data.real, num_workers=min(cfg.data.num_workers, 1), device=device,
             rank=env.rank, world_size=env.world_size,
             synthetic=(lambda: self.synthesizer(held_out_batch(self.hand, *held_out))) if cfg.data.synthetic else None)
-        self.images = ImageMaker(self.hand.radii, size, cube)
+        self.images = ImageMaker(self.hand.radii, cfg.crop)
         self.window = Window()
         self.step = 0
         self.skipped = 0.0  # corrupt samples dropped over all ranks (data.on_corrupt=skip), as last logged
 
     def load(self) -> None:
         """Resume from the newest checkpoint of the run, else start from ``init`` weights (if set)."""
-        self.step = self.checkpointer.load()
-        if self.step == 0 and self.cfg.init:
-            self._load_init(self.cfg.init)
+        self.step = self.checkpointer.load(self.cfg.init)
         self.read_data(lambda: [stream.start(self.step) for stream in self.streams])
 
     @property
@@ -180,29 +176,8 @@ class Trainer:
 
     def read_data(self, read: Callable[[], T]) -> T:
         """``read()`` on every rank, then agree (collective): a corrupt shard on any rank stops them all
-        here with ShardsError, the failing rank's message on every rank (data.on_corrupt=error, or too
-        much skipped), instead of one rank dying and its peers waiting for the collective timeout."""
-        value, problem = None, None
-        try:
-            value = read()
-        except ShardsError as exc:
-            problem = str(exc)
-        message = first_error(problem)
-        if message is not None:
-            raise ShardsError(message)
-        return value  # type: ignore[return-value]
-
-    def _load_init(self, path: str) -> None:
-        """The ``init`` key (a checkpoint or a run dir: its newest checkpoint): model weights only (a fresh
-        optimizer and schedule); CheckpointError if unusable."""
-        try:
-            path = str(resolve_checkpoint(path))
-        except FileNotFoundError as error:
-            raise CheckpointError(f"init: {error}") from error
-        state = read_checkpoint(path)
-        check_model_config(state, to_plain(self.cfg.model), path, "make the model section match")
-        load_model_weights(self.net, state, path)
-        log.info("initialised the network from %s (step %s)", path, state.get("step"))
+        here with ShardsError (data.on_corrupt=error, or too much skipped)."""
+        return agree_on_error(read, ShardsError)
 
     # -- the loop ---------------------------------------------------------------------------------
 

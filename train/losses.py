@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geometry import background_depth, crop_to_pixels, invert_transform, pixels_to_crop, transform_points
+from geometry import Crop, invert_transform, transform_points
 from renderer_cuda import render_spheres
 from train.network import NetworkOutput
 from train.prior import load_prior, prior_inputs
@@ -61,7 +61,8 @@ if TYPE_CHECKING:  # only for annotations: the hand package is passed in by the 
     from hand import HandModel
 
 NUM_VIEWS = 3
-FITTED_KEY = "fitted"  # the batch key (shard entry fitted.npy) of the pseudo-labels that loss.fitted reads
+FITTED_KEY = "fitted"  # the batch key of the pseudo-labels that loss.fitted reads
+FITTED_ENTRY = f"{FITTED_KEY}.npy"  # their shard entry (train.pseudo_labels writes it)
 ProjectionPairs = Literal["schedule", "all", "same_view"]
 HandSize = Literal["template", "predicted"]
 
@@ -121,16 +122,16 @@ REAL_TERMS = ("projection", "consistency", "prior", "collision", "bone_length", 
 class HeatmapTargetLoss(nn.Module):
     """MSE of raw heatmap scores against Gaussian targets at the true keypoints, summed over stacks."""
 
-    def __init__(self, size: int, cube_mm: float, sigma_cells: float) -> None:
+    def __init__(self, crop: Crop, sigma_cells: float) -> None:
         super().__init__()
-        self.size, self.cube_mm, self.sigma = size, cube_mm, sigma_cells
+        self.crop, self.sigma = crop, sigma_cells
 
     def targets(self, keypoints: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, J, 3) crop-frame mm -> (B, J, H, W) Gaussians with peak 1 at the keypoints' cells."""
-        pixels = crop_to_pixels(keypoints, self.size, self.cube_mm)
+        pixels = self.crop.to_pixels(keypoints)
         # Cell c covers crop pixels [c, c + 1) * S / H; its centre has cell coordinate c.
-        cu = pixels[..., 0] * (width / self.size) - 0.5
-        cv = pixels[..., 1] * (height / self.size) - 0.5
+        cu = pixels[..., 0] * (width / self.crop.size) - 0.5
+        cv = pixels[..., 1] * (height / self.crop.size) - 0.5
         cols = torch.arange(width, device=keypoints.device, dtype=keypoints.dtype)
         rows = torch.arange(height, device=keypoints.device, dtype=keypoints.dtype)
         du = (cols - cu[..., None]) ** 2  # (B, J, W)
@@ -190,14 +191,14 @@ class RealInputs:
 class ProjectionLoss(nn.Module):
     """Mutual projection of predicted spheres against observed depth (see the module docstring)."""
 
-    def __init__(self, radii: torch.Tensor, size: int, cube_mm: float, *, data_scale: float,
+    def __init__(self, radii: torch.Tensor, crop: Crop, *, data_scale: float,
                  max_distance_mm: float, pairs: ProjectionPairs, sizer: HandSizer | None = None) -> None:
         super().__init__()
         self.register_buffer("radii", radii.detach().float().clone(), persistent=False)
-        self.size, self.cube_mm = size, cube_mm
+        self.crop = crop
         self.data_scale, self.max_distance, self.pairs = data_scale, max_distance_mm, pairs
         self.sizer = sizer  # None: the template radii; else radii scaled to each predicted hand
-        self.background = background_depth(cube_mm)
+        self.background = crop.background_depth
 
     def forward(self, joints: torch.Tensor, depth: torch.Tensor, cams: torch.Tensor, *,
                 cross_views: bool = True) -> torch.Tensor:
@@ -225,10 +226,11 @@ class ProjectionLoss(nn.Module):
         squared depth difference, summed over pairs."""
         batch, views, sources, num, _ = centres.shape
         radii = (self.radii if radii is None else radii).expand(centres.shape[:-1]).reshape(-1, num)
-        pixels = crop_to_pixels(centres, self.size, self.cube_mm).reshape(-1, num, 3)
-        rendered = render_spheres(pixels, radii, self.size, self.size, background=self.background,
-                                  pixels_per_mm=self.size / self.cube_mm)
-        rendered = rendered.reshape(batch, views, sources, self.size, self.size).clamp(max=self.background)
+        size = self.crop.size
+        pixels = self.crop.to_pixels(centres).reshape(-1, num, 3)
+        rendered = render_spheres(pixels, radii, size, size, background=self.background,
+                                  pixels_per_mm=size / self.crop.cube_mm)
+        rendered = rendered.reshape(batch, views, sources, size, size).clamp(max=self.background)
         observed = depth[:, :, None]
         foreground = (rendered < self.background) | (observed < self.background)
         squared = torch.where(foreground, (rendered - observed) ** 2, torch.zeros_like(rendered))
@@ -259,10 +261,10 @@ class ProjectionLoss(nn.Module):
 
     def depth_points(self, depth: torch.Tensor) -> torch.Tensor:
         """(B, V, S, S) crop depth -> (B, V, S*S, 3) crop-frame points at the pixel centres."""
-        centre = torch.arange(self.size, device=depth.device, dtype=depth.dtype) + 0.5
+        centre = torch.arange(self.crop.size, device=depth.device, dtype=depth.dtype) + 0.5
         v, u = torch.meshgrid(centre, centre, indexing="ij")
         uvz = torch.stack([u.expand_as(depth), v.expand_as(depth), depth], dim=-1)
-        return pixels_to_crop(uvz, self.size, self.cube_mm).flatten(-3, -2)
+        return self.crop.from_pixels(uvz).flatten(-3, -2)
 
     def real(self, inputs: RealInputs) -> torch.Tensor:
         cross = self.uses_cross_views(inputs.consistency_phase)
@@ -401,8 +403,7 @@ class JointTargetLoss(nn.Module):
 class Losses(nn.Module):
     """All enabled terms with their weights; ``synthetic`` and ``real`` return weighted scalars by name."""
 
-    def __init__(self, cfg: LossConfig, hand: HandModel, vae: nn.Module | None, *, size: int,
-                 cube_mm: float) -> None:
+    def __init__(self, cfg: LossConfig, hand: HandModel, vae: nn.Module | None, *, crop: Crop) -> None:
         super().__init__()
         self.cfg = cfg
         self.weights = {name: float(term.weight) for name, term in cfg.terms().items() if term.enabled}
@@ -411,10 +412,10 @@ class Losses(nn.Module):
         bones = len(hand.bones)  # rigid_pairs lists the finger bones first
         sizer = HandSizer(pairs[:bones], template[:bones]) if cfg.hand_size == "predicted" else None
         modules: dict[str, Callable[[], nn.Module]] = {
-            "synthetic_heatmap": lambda: HeatmapTargetLoss(size, cube_mm, cfg.heatmap_sigma_cells),
+            "synthetic_heatmap": lambda: HeatmapTargetLoss(crop, cfg.heatmap_sigma_cells),
             "synthetic_depth": JointDepthLoss,
             "projection": lambda: ProjectionLoss(
-                radii, size, cube_mm, data_scale=cfg.projection_data_scale,
+                radii, crop, data_scale=cfg.projection_data_scale,
                 max_distance_mm=cfg.projection_max_distance_mm, pairs=cfg.projection_pairs, sizer=sizer),
             "consistency": ConsistencyLoss,
             "prior": lambda: PriorLoss(vae),
@@ -423,7 +424,7 @@ class Losses(nn.Module):
             "bone_length": lambda: BoneLengthLoss(pairs, template, cfg.bone_min_ratio, cfg.bone_max_ratio, sizer),
             "heatmap_mean": HeatmapMeanLoss,
             "supervised": lambda: JointTargetLoss("labels", "loss.supervised needs labelled real frames (batch['joints'])"),
-            "fitted": lambda: JointTargetLoss("fitted", f"loss.fitted needs shards with fitted targets (batch['{FITTED_KEY}']; "
+            "fitted": lambda: JointTargetLoss("fitted", f"loss.fitted needs shards with fitted targets ({FITTED_ENTRY}; "
                                                         "build them with `python -m train.pseudo_labels`)"),
         }
         self.terms = nn.ModuleDict({name: make() for name, make in modules.items() if name in self.weights})
@@ -459,6 +460,7 @@ class Losses(nn.Module):
         if output.joints.shape[0] != frames * NUM_VIEWS:
             raise ValueError(f"network output has {output.joints.shape[0]} images for {frames} frames of "
                              f"{NUM_VIEWS} views; feed batch['depth'].reshape(-1, 1, S, S)")
+
         def optional(key: str) -> torch.Tensor | None:
             value = batch.get(key)
             return None if value is None else value.to(device, torch.float32, non_blocking=True)
@@ -467,16 +469,24 @@ class Losses(nn.Module):
             stack_joints=[j.reshape(frames, NUM_VIEWS, *j.shape[1:]) for j in _stack_joints(output)],
             logits=output.logits, depth=depth, cams=batch["cams"].to(device, torch.float32, non_blocking=True),
             labels=optional("joints"), fitted=optional(FITTED_KEY), consistency_phase=self.consistency_active(step))
+        return self.real_terms(inputs)
+
+    def real_terms(self, inputs: RealInputs) -> dict[str, torch.Tensor]:
+        """Every enabled self-supervised term of ``inputs``, weighted, by name."""
         return {name: self._weighted(name, self.terms[name].real(inputs)) for name in REAL_TERMS
                 if name in self.terms}
+
+    def real_cost(self, inputs: RealInputs) -> torch.Tensor:
+        """The weighted sum of the enabled self-supervised terms: the cost a per-frame fit minimises
+        (``train.pseudo_labels`` builds a Losses with its fitting terms and weights)."""
+        return torch.stack(list(self.real_terms(inputs).values())).sum()
 
 
 def _stack_joints(output: NetworkOutput) -> list[torch.Tensor]:
     return output.stack_joints or [output.joints]
 
 
-def build_losses(cfg: LossConfig, hand: HandModel, prior_path: str | None = None, *, size: int,
-                 cube_mm: float) -> Losses:
+def build_losses(cfg: LossConfig, hand: HandModel, prior_path: str | None = None, *, crop: Crop) -> Losses:
     """The loss module; ``prior_path`` (or ``cfg.prior_path``) names the pose VAE file of ``train.prior``."""
     vae = load_prior(prior_path or cfg.prior_path) if cfg.prior.enabled else None
-    return Losses(cfg, hand, vae, size=size, cube_mm=cube_mm)
+    return Losses(cfg, hand, vae, crop=crop)

@@ -92,7 +92,7 @@ class TensorBoardWriter:
     """TensorBoard events in the run directory (``tensorboard --logdir RUN``)."""
 
     def __init__(self, log_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # seconds to import, and only rank 0 writes events
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
 

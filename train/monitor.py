@@ -1,10 +1,10 @@
 """What rank 0 watches during training: held-out evaluation and TensorBoard images.
 
-Evaluation: on ``data.real``/test when real data is configured (``train.evaluate.evaluate``), and on a
-fixed held-out synthetic set rendered once when synthetic data is configured; the headline
-``eval/mean_error_mm`` is the real error when there is real data, else the synthetic one.
-Errors are mean 3D distances in mm over ``hand.NYU_EVAL_JOINTS``, computed by ``train.evaluate``'s
-functions (one error function for evaluation and monitoring).
+Evaluation: on ``data.real``/test when real data is configured (the predictions of
+:mod:`train.predictions`), and on a fixed held-out synthetic set rendered once when synthetic data is
+configured; the headline ``eval/mean_error_mm`` is the real error when there is real data, else the
+synthetic one. Errors are mean 3D distances in mm over the NYU protocol's joints, computed by
+:mod:`train.scores` (one error function for evaluation and monitoring).
 """
 
 from __future__ import annotations
@@ -12,15 +12,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from geometry import clip_depth, crop_to_pixels, half_cube
+from geometry import Crop
 from hand.render import render_sphere_depth
-from train.distributed import all_gather_objects
+from shards.format import ShardsError
+from shards.reader import make_loader
+from train.distributed import PREEMPTION_SIGNALS, agree_on_error, all_gather_objects
+from train.predictions import collect_errors
+from train.scores import FrameErrors, compute_metrics, joint_errors, metric_scalars
 
 @dataclass
 class EvalConfig:
@@ -80,34 +84,23 @@ class Evaluator:
         return values
 
     def _synthetic_error(self, net: nn.Module) -> float:
-        from hand import NYU_EVAL_JOINTS
-        from train.evaluate import joint_errors
-
         depth, keypoints = self.synthetic  # type: ignore[misc]
         was_training = net.training
         net.eval()
         try:
-            errors = [joint_errors(net(d).joints.float().cpu().numpy(), k.float().cpu().numpy(), list(NYU_EVAL_JOINTS))
+            errors = [joint_errors(net(d).joints.float().cpu().numpy(), k.float().cpu().numpy())
                       for d, k in zip(depth.split(self.batch_size), keypoints.split(self.batch_size))]
         finally:
             net.train(was_training)
         return float(np.concatenate(errors).mean())
 
     def _real_metrics(self, net: nn.Module) -> dict[str, float]:
-        from shards.format import ShardsError
-        from shards.reader import make_loader
-        from train.evaluate import FrameErrors, collect_errors, compute_metrics, metric_scalars
-
         loader = make_loader(self.real_test, batch_size=self.batch_size, batches_per_epoch=None,
-                             num_workers=self.num_workers, resampled=False)
-        try:  # a corrupt test shard stops every rank here, not one rank (its peers would wait in the gather)
-            share: Any = collect_errors(net, loader, device=self.device, max_batches=self.max_batches)
-        except ShardsError as exc:
-            share = f"rank {self.rank}: {exc}"
+                             num_workers=self.num_workers, resampled=False, protect_signals=PREEMPTION_SIGNALS)
+        # A corrupt test shard stops every rank here, not one rank (its peers would wait in the gather).
+        share = agree_on_error(lambda: collect_errors(net, loader, device=self.device, max_batches=self.max_batches),
+                               ShardsError)
         shares = all_gather_objects(share)
-        problems = [s for s in shares if isinstance(s, str)]
-        if problems:
-            raise ShardsError(problems[0])
         if self.rank != 0:
             return {}
         metrics = compute_metrics(FrameErrors.concatenate(shares))  # type: ignore[arg-type]
@@ -132,9 +125,9 @@ def build_evaluator(cfg: EvalConfig, *, real_root: str | None,
 IMAGE_SCALE = 4  # crops are 64 px; upscale so the dots are visible
 
 
-def depth_to_rgb(depth: torch.Tensor, cube_mm: float) -> np.ndarray:
+def depth_to_rgb(depth: torch.Tensor, crop: Crop) -> np.ndarray:
     """(S, S) crop depth in mm to a (3, S*k, S*k) float image in [0, 1]."""
-    grey = (half_cube(cube_mm) - clip_depth(depth.detach().float().cpu(), cube_mm)) / cube_mm
+    grey = (crop.half_mm - crop.clip_depth(depth.detach().float().cpu())) / crop.cube_mm
     grey = grey.repeat_interleave(IMAGE_SCALE, 0).repeat_interleave(IMAGE_SCALE, 1)
     return grey[None].expand(3, -1, -1).numpy().copy()
 
@@ -169,31 +162,30 @@ def side_by_side(*images: np.ndarray) -> np.ndarray:
 class ImageMaker:
     """Builds the TensorBoard panels from one training step's inputs and outputs."""
 
-    def __init__(self, radii: torch.Tensor, size: int, cube_mm: float) -> None:
+    def __init__(self, radii: torch.Tensor, crop: Crop) -> None:
         self.radii = radii
-        self.size = size
-        self.cube_mm = cube_mm
+        self.crop = crop
 
     def _pixels(self, points: torch.Tensor) -> torch.Tensor:
-        return crop_to_pixels(points.detach().float(), self.size, self.cube_mm)
+        return self.crop.to_pixels(points.detach().float())
 
     def spheres(self, joints: torch.Tensor) -> torch.Tensor:
         """(J, 3) crop-frame joints rendered as the hand model's spheres, (S, S) depth."""
-        return render_sphere_depth(joints.detach()[None], self.radii, size=self.size, cube_mm=self.cube_mm)[0]
+        return render_sphere_depth(joints.detach()[None], self.radii, crop=self.crop)[0]
 
     def real(self, depth: torch.Tensor, joints: torch.Tensor) -> dict[str, np.ndarray]:
         """Observed view with predicted joints | predicted spheres | observed depth."""
-        observed = depth_to_rgb(depth, self.cube_mm)
+        observed = depth_to_rgb(depth, self.crop)
         with_joints = draw_points(observed.copy(), self._pixels(joints)[:, :2], PREDICTED)
-        spheres = depth_to_rgb(self.spheres(joints), self.cube_mm)
+        spheres = depth_to_rgb(self.spheres(joints), self.crop)
         return {"images/real/joints": with_joints, "images/real/spheres_vs_depth": side_by_side(spheres, observed)}
 
     def synthetic(self, depth: torch.Tensor, joints: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarray]:
         """Synthetic render with true (green) and predicted (red) joints | spheres at the true keypoints."""
-        render = depth_to_rgb(depth, self.cube_mm)
+        render = depth_to_rgb(depth, self.crop)
         draw_points(render, self._pixels(target)[:, :2], TARGET)
         draw_points(render, self._pixels(joints)[:, :2], PREDICTED)
-        target_spheres = depth_to_rgb(self.spheres(target), self.cube_mm)
+        target_spheres = depth_to_rgb(self.spheres(target), self.crop)
         return {"images/synthetic/render_vs_target": side_by_side(render, target_spheres)}
 
 

@@ -7,7 +7,7 @@ scores 2 * J channels (J raw heatmap scores, J depth maps); intermediate heads f
 
 Decoding (per stack): heatmap = spatial softmax of ``softmax_temperature * score``; the (u, v) position is
 the heatmap expectation of the cell centres mapped to crop pixels (a cell is S / H pixels wide), turned
-into crop-frame x, y in mm with :func:`geometry.pixels_to_crop`; z = sum(heatmap * depth map).
+into crop-frame x, y in mm with :meth:`geometry.Crop.from_pixels`; z = sum(heatmap * depth map).
 Input depth is in mm and scaled by ``1 / depth_scale_mm`` inside; depth-map outputs are multiplied by
 ``depth_scale_mm`` so that the network works with values of order one.
 """
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geometry import DEFAULT_CROP_SIZE, DEFAULT_CUBE_MM, pixels_to_crop
+from geometry import Crop
 
 
 @dataclass
@@ -114,13 +114,13 @@ class Hourglass(nn.Module):
 class HourglassNet(nn.Module):
     """Stacked hourglass regressing J spheres from an S x S crop; see the module docstring."""
 
-    def __init__(self, cfg: NetworkConfig, *, num_spheres: int = 41, size: int = DEFAULT_CROP_SIZE,
-                 cube_mm: float = DEFAULT_CUBE_MM) -> None:
+    def __init__(self, cfg: NetworkConfig, *, num_spheres: int = 41, crop: Crop = Crop()) -> None:
         super().__init__()
+        size = crop.size
         if size % 4 or size < 4 * 2 ** cfg.hourglass_depth:
             raise ValueError(f"crop size {size} must be a multiple of 4 and at least "
                              f"{4 * 2 ** cfg.hourglass_depth} for model.hourglass_depth={cfg.hourglass_depth}")
-        self.cfg, self.num_spheres, self.size, self.cube_mm = cfg, num_spheres, size, float(cube_mm)
+        self.cfg, self.num_spheres, self.crop = cfg, num_spheres, crop
         planes, channels, stem = cfg.width, 2 * cfg.width, cfg.width // 2
         # Prototype trunk: 5x5/2 conv, residual to `width` channels, max-pool, residual, residual to 2*width.
         self.stem = nn.Sequential(
@@ -140,8 +140,9 @@ class HourglassNet(nn.Module):
 
     def forward(self, depth: torch.Tensor) -> NetworkOutput:
         """depth: (B, 1, S, S) crop depth in mm -> :class:`NetworkOutput`."""
-        if depth.dim() != 4 or depth.shape[1] != 1 or depth.shape[-2:] != (self.size, self.size):
-            raise ValueError(f"expected crop depth of shape (B, 1, {self.size}, {self.size}), "
+        size = self.crop.size
+        if depth.dim() != 4 or depth.shape[1] != 1 or depth.shape[-2:] != (size, size):
+            raise ValueError(f"expected crop depth of shape (B, 1, {size}, {size}), "
                              f"got {tuple(depth.shape)}")
         x = self.stem(depth / self.cfg.depth_scale_mm)
         logits, heatmaps, depthmaps, joints = [], [], [], []
@@ -153,7 +154,7 @@ class HourglassNet(nn.Module):
             logits.append(logit)
             heatmaps.append(heatmap)
             depthmaps.append(depthmap)
-            joints.append(decode_joints(heatmap, depthmap, self.cell_centres_px, self.size, self.cube_mm))
+            joints.append(decode_joints(heatmap, depthmap, self.cell_centres_px, self.crop))
             if i < self.cfg.stacks - 1:
                 x = x + self.feature_back[i](y) + self.score_back[i](score)
         return NetworkOutput(heatmaps, depthmaps, joints[-1], logits, joints)
@@ -166,7 +167,7 @@ def spatial_softmax(scores: torch.Tensor, temperature: float = 1.0) -> torch.Ten
 
 
 def decode_joints(heatmap: torch.Tensor, depthmap: torch.Tensor, cell_centres_px: torch.Tensor,
-                  size: int, cube_mm: float) -> torch.Tensor:
+                  crop: Crop) -> torch.Tensor:
     """Soft-argmax: (B, J, H, W) probabilities and depth maps (mm) -> (B, J, 3) crop-frame mm.
 
     ``cell_centres_px`` (H,) holds the crop-pixel coordinate of each cell centre, ``(c + 0.5) * S / H``.
@@ -174,7 +175,7 @@ def decode_joints(heatmap: torch.Tensor, depthmap: torch.Tensor, cell_centres_px
     u = (heatmap.sum(dim=-2) * cell_centres_px).sum(dim=-1)  # marginal over rows, expectation over columns
     v = (heatmap.sum(dim=-1) * cell_centres_px).sum(dim=-1)
     z = (heatmap * depthmap).sum(dim=(-2, -1))
-    return pixels_to_crop(torch.stack([u, v, z], dim=-1), size, cube_mm)
+    return crop.from_pixels(torch.stack([u, v, z], dim=-1))
 
 
 def cell_centres(size: int, heatmap_size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -182,7 +183,6 @@ def cell_centres(size: int, heatmap_size: int, device: torch.device | None = Non
     return (torch.arange(heatmap_size, dtype=torch.float32, device=device) + 0.5) * (size / heatmap_size)
 
 
-def build_network(cfg: NetworkConfig, *, num_spheres: int = 41, size: int = DEFAULT_CROP_SIZE,
-                  cube_mm: float = DEFAULT_CUBE_MM) -> HourglassNet:
-    """The hourglass network for ``size`` x ``size`` crops of a ``cube_mm`` cube."""
-    return HourglassNet(cfg, num_spheres=num_spheres, size=size, cube_mm=cube_mm)
+def build_network(cfg: NetworkConfig, *, num_spheres: int = 41, crop: Crop = Crop()) -> HourglassNet:
+    """The hourglass network for the crops of ``crop``."""
+    return HourglassNet(cfg, num_spheres=num_spheres, crop=crop)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from shards.format import write_atomic
+from fileio import write_atomic
+from hand import HandModel, sample_poses, sample_shapes
 from train.schema import from_dict
 
 FORMAT = "sphere-hand-pose-vae"
@@ -96,10 +97,8 @@ class PoseVAE(nn.Module):
 def sample_training_joints(hand: nn.Module, count: int, generator: torch.Generator,
                            shape_spread: float) -> torch.Tensor:
     """Model joints (count, 41, 3) of random poses and shapes from the hand model's samplers."""
-    import hand as hand_package
-
-    poses = hand_package.sample_poses(count, generator=generator)
-    shapes = hand_package.sample_shapes(count, generator=generator, spread=shape_spread)
+    poses = sample_poses(count, generator=generator)
+    shapes = sample_shapes(count, generator=generator, spread=shape_spread)
     device = hand.radii.device
     with torch.no_grad():
         return hand.keypoints(poses.to(device), shapes.to(device))
@@ -107,8 +106,6 @@ def sample_training_joints(hand: nn.Module, count: int, generator: torch.Generat
 
 def train_prior(cfg: PriorConfig, *, device: str | torch.device = "cpu", progress: bool = True) -> PoseVAE:
     """Train a pose VAE from the hand model's samplers; returns it in eval mode."""
-    from hand import HandModel
-
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     hand = HandModel().to(device)

@@ -19,22 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from train.evaluate import (FrameErrors, collect_errors, compute_metrics, joint_errors, load_network,
-                            plot_success_curves, write_report)
+from shards.format import ShardsError, check_crop
+from shards.reader import make_loader
+from train.checkpoint import CheckpointError, load_network
+from train.plots import plot_success_curves, write_report
+from train.predictions import collect_errors
+from train.scores import FrameErrors, compute_metrics, joint_errors
 
 MEAN_POSE = "mean_pose"
 
 
 def _loader(split_dir: Path):
-    from shards.reader import make_loader
-
     return make_loader(split_dir, batch_size=64, batches_per_epoch=None, num_workers=0, resampled=False)
 
 
 def mean_pose_errors(data_root: Path) -> FrameErrors:
     """Errors of predicting the train split's mean view-1 joints for every test frame."""
-    from hand import NYU_EVAL_JOINTS
-
     def labelled(split: str) -> tuple[np.ndarray, list[int]]:
         joints, frames = [], []
         for batch in _loader(data_root / split):
@@ -46,7 +46,7 @@ def mean_pose_errors(data_root: Path) -> FrameErrors:
 
     train, _ = labelled("train")
     test, frames = labelled("test")
-    errors = joint_errors(np.broadcast_to(train.mean(axis=0), test.shape), test, list(NYU_EVAL_JOINTS))
+    errors = joint_errors(np.broadcast_to(train.mean(axis=0), test.shape), test)
     return FrameErrors(errors, np.asarray(frames), ["test"] * len(frames))
 
 
@@ -70,7 +70,8 @@ def build_report(data_root: Path, runs: dict[str, Path], out: Path) -> dict[str,
     """Evaluate every run, write results.json, report.md and success_curves.png; returns the rows by name."""
     collected = {MEAN_POSE: mean_pose_errors(data_root)}
     for name, run in runs.items():
-        net, _ = load_network(run)
+        net, crop, _ = load_network(run)
+        check_crop(data_root / "test", crop, f"the network of run {name} ({run})")
         collected[name] = collect_errors(net, _loader(data_root / "test"))
     results = {}
     for name, frames in collected.items():
@@ -103,9 +104,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="a run dir or checkpoint under a row name (repeatable, in table order)")
     parser.add_argument("--out", required=True, type=Path, help="where results.json, report.md and the plot go")
     args = parser.parse_args(argv)
-    from shards.format import ShardsError
-    from train.checkpoint import CheckpointError
-
     try:
         results = build_report(args.data, dict(args.run), args.out)
     except (OSError, ValueError, KeyError, ShardsError, CheckpointError) as error:

@@ -1,7 +1,8 @@
 """Strict loading of plain data into trees of dataclasses: the one dict -> dataclass path.
 
-Used for the run config (``train.config``: YAML file + dotted overrides), the ``model`` section of a
-checkpoint (``train.evaluate``) and the config of a pose prior file (``train.prior``). An unknown key
+Used for the run config (``train.config``: YAML file + dotted overrides, :func:`load_yaml`), the pseudo-label
+settings (``train.pseudo_labels``), the ``model`` section of a checkpoint (``train.checkpoint``) and the
+config of a pose prior file (``train.prior``). An unknown key
 or a value of the wrong type raises :class:`ConfigError` naming the key (and the closest known keys);
 a ``Literal`` field names its allowed values. Ints widen to floats; nothing else converts.
 """
@@ -12,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Union
 
 import yaml
@@ -188,3 +190,22 @@ def parse_override(cls: type, text: str) -> dict[str, Any]:
     for part in reversed(parts[:-1]):
         nested = {part: nested}
     return nested
+
+
+def load_yaml(cls: type, path: str | Path | None, overrides: list[str] = ()) -> Any:
+    """Defaults of ``cls``, then the YAML file at ``path`` (if any), then the dotted ``key=value`` overrides,
+    checked against the tree: the one loader of the run config and of every other YAML-configured tool."""
+    sources: list[tuple[dict[str, Any], str]] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        sources.append((loaded, f" in {str(path)!r}"))
+    sources += [(parse_override(cls, text), " (command line)") for text in overrides]
+    return from_dicts(cls, sources)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from geometry import background_depth, clip_depth, mm_per_pixel
-from hand import HandModel
+from geometry import Crop
+from hand import HandModel, sample_poses, sample_shapes
 from hand.render import render_mesh_depth
 from renderer_cuda.rasterize import Backend
 from shards.format import SYNTHETIC_AUGMENT_FIELDS
@@ -38,11 +38,11 @@ class SynthesisConfig:
     scale_jitter: float = 0.0
 
 
-def jitter_offset_mm(augment: torch.Tensor, size: int, cube_mm: float) -> torch.Tensor:
+def jitter_offset_mm(augment: torch.Tensor, crop: Crop) -> torch.Tensor:
     """(B, 3) crop-centre displacement in mm for the augment rows' pixel jitter (z unchanged)."""
     pixels = augment[:, [_FIELD["jitter_x_px"], _FIELD["jitter_y_px"]]]
     offset = torch.zeros(augment.shape[0], 3, dtype=augment.dtype, device=augment.device)
-    offset[:, :2] = pixels * mm_per_pixel(size, cube_mm)
+    offset[:, :2] = pixels * crop.mm_per_pixel
     return offset
 
 
@@ -90,12 +90,10 @@ def sensor_noise(augment: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.
 class Synthesizer:
     """Renders synthetic shard batches to (depth (B,1,S,S) mm, keypoints (B,41,3) mm, crop frame)."""
 
-    def __init__(self, hand: HandModel, *, size: int, cube_mm: float, cfg: SynthesisConfig | None = None) -> None:
+    def __init__(self, hand: HandModel, *, crop: Crop, cfg: SynthesisConfig | None = None) -> None:
         self.hand = hand
-        self.size = size
-        self.cube_mm = cube_mm
+        self.crop = crop
         self.cfg = cfg or SynthesisConfig()
-        self.background = background_depth(cube_mm)
 
     @property
     def device(self) -> torch.device:
@@ -109,21 +107,22 @@ class Synthesizer:
         shape = batch["shape"].to(device, torch.float32).clone()
         shape[:, 0] *= variation.scale.to(device, shape.dtype)
         forearm = (variation.forearm_radii, variation.wrist_flexion) if self.cfg.forearm > 0 else None
-        offset = jitter_offset_mm(augment, self.size, self.cube_mm)[:, None, :]
-        depth, keypoints = render_mesh_depth(self.hand, batch["pose"], shape, size=self.size,
-                                             cube_mm=self.cube_mm, offset_mm=offset, forearm=forearm,
-                                             supersample=self.cfg.supersample, backend=self.cfg.backend)
+        offset = jitter_offset_mm(augment, self.crop)[:, None, :]
+        depth, keypoints = render_mesh_depth(self.hand, batch["pose"], shape, crop=self.crop, offset_mm=offset,
+                                             forearm=forearm, supersample=self.cfg.supersample,
+                                             backend=self.cfg.backend)
         depth = self._add_noise(depth, augment)
         return depth[:, None], keypoints
 
     def _add_noise(self, depth: torch.Tensor, augment: torch.Tensor) -> torch.Tensor:
-        noise, holes = sensor_noise(augment, self.size)
+        noise, holes = sensor_noise(augment, self.crop.size)
         noise, holes = noise.to(depth.device), holes.to(depth.device)
-        hand_pixels = depth < self.background
+        background = self.crop.background_depth
+        hand_pixels = depth < background
         depth = torch.where(hand_pixels, depth + noise, depth)
         # Missing sensor depth reads as background, like the real crops.
-        depth = torch.where(hand_pixels & holes, torch.full_like(depth, self.background), depth)
-        return clip_depth(depth, self.cube_mm)
+        depth = torch.where(hand_pixels & holes, torch.full_like(depth, background), depth)
+        return self.crop.clip_depth(depth)
 
 
 def held_out_batch(hand: HandModel, n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -131,8 +130,6 @@ def held_out_batch(hand: HandModel, n: int, seed: int) -> dict[str, torch.Tensor
 
     Its own seed keeps it apart from the training shards (random poses; no pose is shared in practice).
     """
-    from hand import sample_poses, sample_shapes
-
     generator = torch.Generator().manual_seed(seed)
     pose = sample_poses(n, generator=generator).float()
     shape = sample_shapes(n, generator=generator).float()
