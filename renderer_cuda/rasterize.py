@@ -15,6 +15,13 @@ Rule shared by every backend (see ``csrc/raster_math.h``):
   symmetrically around its centre, then each pixel takes the mean depth of its covered subsamples when
   at least half of them are covered, else ``background``. On a covered planar interior the mean of
   the subsamples is the depth at the pixel centre, so interiors stay exact (orthographic mode).
+
+How closely the backends agree: the CPU and CUDA kernels evaluate the same expressions of
+``csrc/raster_math.h`` in the same order with every operation rounded alike (no FMAs), so they agree bit
+for bit at every supersample (tests/test_renderer_cuda_on_cpu.py runs the CUDA kernel's source on the
+CPU against the CPU kernel). The torch reference agrees with them bit for bit at supersample 1; above
+that it averages the subsamples in another order, so the same pixels are covered and a covered pixel's
+depth may differ in its last bits.
 """
 
 from __future__ import annotations
@@ -41,22 +48,28 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, height: int, width: i
 
     Args:
         vertices: (B, V, 3) float32, CPU or CUDA: x, y in pixels, z depth (mm).
-        faces: (F, 3) int32 or int64 on the device of ``vertices``, indices in [0, V).
+        faces: (F, 3) int32 or int64 on the device of ``vertices``, indices in [0, V). Checked on the CPU;
+            on a CUDA device the check would wait for the device on every call, so there a triangle with
+            an index out of range is skipped instead (as the kernels do for every caller).
         height, width: output size in pixels.
         background: depth of pixels no triangle covers.
         supersample: s >= 1 subsamples per pixel and axis (see the module docstring for the rule).
         perspective: interpolate 1/z instead of z across each triangle.
         backend: "cuda" (CUDA tensors), "cpu" (compiled C++ kernel, CPU tensors), "torch" (pure-torch
-            reference, any device, slow), or "auto": cuda for CUDA tensors, else cpu, falling back to
-            torch with one warning that says why the compiled kernel is unavailable.
+            reference, any device, slow), or "auto" (see :func:`resolve_backend`): the compiled kernel of
+            the device; on the CPU only, the torch reference with one warning when the kernel is unavailable.
 
     Returns:
         (B, H, W) float32 on the device of ``vertices``.
+
+    Raises:
+        ExtensionUnavailable: the compiled kernel that ``backend`` needs on this device cannot be used;
+            the one-line message says why and where the build log is.
     """
     _check_inputs(vertices, faces, height, width, background, supersample, backend)
     faces = faces.to(torch.int32).contiguous()
     vertices = vertices.contiguous()
-    chosen = _choose_backend(backend, vertices.device)
+    chosen = resolve_backend(backend, vertices.device)
     if chosen != "torch":  # the kernels scale x, y and combine the subsamples themselves
         kernel = extension.load(chosen)
         return kernel.rasterize(vertices, faces, height, width, float(background), perspective, supersample)
@@ -92,23 +105,40 @@ def available_backends() -> list[str]:
     return found + ["torch"]
 
 
-def _choose_backend(backend: str, device: torch.device) -> str:
-    if backend == "cuda" and device.type != "cuda":
-        raise ValueError(f"vertices must be on a CUDA device for backend='cuda', got {device}")
-    if backend == "cpu" and device.type != "cpu":
-        raise ValueError(f"vertices must be on the CPU for backend='cpu', got {device}")
-    if backend != "auto":
-        return backend
-    kind = "cuda" if device.type == "cuda" else "cpu" if device.type == "cpu" else None
-    if kind is None:
-        _warn_fallback(f"no compiled kernel for device {device}")
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The backend ("cuda", "cpu" or "torch") that ``rasterize(..., backend=backend)`` runs for tensors on
+    ``device``, loading (or building) the compiled kernel it needs.
+
+    "auto" is the compiled kernel of the device. Only on the CPU does "auto" fall back to the pure-torch
+    reference, with one warning, when the kernel is unavailable: on a CUDA device that fallback would
+    make every step ~1,000x slower, so it is an error there, as with ``backend="cuda"``. "torch" always
+    works. Call this once at startup to refuse a run early with one line.
+
+    Raises:
+        ValueError: ``backend`` is not one of BACKENDS, or names a kernel of another device.
+        ExtensionUnavailable: the kernel cannot be used; the message says why and where the build log is.
+    """
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend in ("cuda", "cpu") and device.type != backend:
+        raise ValueError(f"vertices must be on {'a CUDA device' if backend == 'cuda' else 'the CPU'} for "
+                         f"backend={backend!r}, got {device}")
+    if backend == "torch":
         return "torch"
+    if device.type not in extension.KINDS:
+        raise extension.ExtensionUnavailable(f"no compiled rasterizer kernel for device {device}; pass "
+                                             "backend='torch' for the (slow) pure-torch reference")
     try:
-        extension.load(kind)
-        return kind
+        extension.load(device.type)
     except extension.ExtensionUnavailable as error:
-        _warn_fallback(str(error))
-        return "torch"
+        if backend == "auto" and device.type == "cpu":
+            _warn_fallback(str(error))
+            return "torch"
+        raise extension.ExtensionUnavailable(f"{error}. On a CUDA device rasterize does not fall back to the "
+                                             "pure-torch reference (~1,000x slower); pass backend='torch' to "
+                                             "ask for it") from None
+    return device.type
 
 
 def _warn_fallback(reason: str) -> None:
@@ -116,8 +146,7 @@ def _warn_fallback(reason: str) -> None:
     if not _fallback_warned:
         _fallback_warned = True
         warnings.warn(f"renderer_cuda: compiled kernel unavailable ({reason}); using the pure-torch reference "
-                      "rasterizer, which is much slower. Run `python -m renderer_cuda build` to see the full "
-                      "build log.", RuntimeWarning, stacklevel=4)
+                      "rasterizer, which is much slower", RuntimeWarning, stacklevel=4)
 
 
 def _check_inputs(vertices: torch.Tensor, faces: torch.Tensor, height: int, width: int, background: float,
@@ -136,7 +165,8 @@ def _check_inputs(vertices: torch.Tensor, faces: torch.Tensor, height: int, widt
         raise ValueError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
     if faces.device != vertices.device:
         raise ValueError(f"faces must be on the device of vertices ({vertices.device}), got {faces.device}")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= vertices.shape[1]):
+    # On a CUDA device this check would wait for the device on every call: the kernels skip such triangles.
+    if faces.device.type == "cpu" and faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= vertices.shape[1]):
         raise ValueError(f"faces must index vertices in [0, {vertices.shape[1]}), got values in "
                          f"[{int(faces.min())}, {int(faces.max())}]")
     for name, value in (("height", height), ("width", width), ("supersample", supersample)):
@@ -149,5 +179,3 @@ def _check_inputs(vertices: torch.Tensor, faces: torch.Tensor, height: int, widt
                          f"{height} x {width} at supersample {supersample}")
     if isinstance(background, bool) or not isinstance(background, numbers.Real):
         raise TypeError(f"background must be a real number, got {type(background).__name__}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -2,8 +2,9 @@
 
 It evaluates the expressions of ``csrc/raster_math.h`` in the same order (canonical edge functions,
 inclusive coverage, depth normalised by the edge-function sum), so it agrees with the kernels bit for bit
-away from rounding ties. Every (triangle, pixel) pair is tested, in chunks of triangles and images that
-keep each intermediate tensor under ``max_elements`` elements. Works on any device; slow by design.
+(tests/test_renderer.py checks it on random and hand meshes). Every (triangle, pixel) pair is tested, in
+chunks of triangles and images that keep each intermediate tensor under ``max_elements`` elements. Works
+on any device; slow by design.
 """
 
 from __future__ import annotations

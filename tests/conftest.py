@@ -100,3 +100,12 @@ def render_depth(joints: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     pixels = CROP.to_pixels(joints).reshape(-1, joints.shape[-2], 3)
     depth = render_spheres(pixels, radii, SIZE, SIZE, background=CROP.background_depth, pixels_per_mm=SIZE / CUBE)
     return depth.reshape(*joints.shape[:2], SIZE, SIZE).clamp(max=CROP.background_depth)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` (``pytest -m cuda`` selects them: the GPU suite) skip where no GPU is visible."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))

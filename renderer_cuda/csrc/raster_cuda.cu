@@ -8,6 +8,12 @@
 // order-preserving int mapping of raster_math.h, then each output pixel combines its supersamples (resolve_pixel).
 #include "raster_cuda.h"
 
+// Every launch goes through this macro, so the same text also runs on the host under the test shim
+// (tests/cuda_on_cpu/cuda_runtime.h defines its own CUDA_LAUNCH); nvcc sees the usual triple chevrons.
+#ifndef CUDA_LAUNCH
+#define CUDA_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
 namespace sphere_hand {
 namespace {
 
@@ -89,13 +95,13 @@ int blocks_for(int64_t count) {
 cudaError_t rasterize_cuda(const RasterParams& p, float background, float* out, cudaStream_t stream) {
     const int64_t count = (int64_t)p.batch * p.height * p.width;
     if (count == 0) return cudaSuccess;
-    clear_kernel<<<blocks_for(count * p.supersample * p.supersample), kThreads, 0, stream>>>(
-        p.depth_bits, count * p.supersample * p.supersample);
+    const int64_t subsamples = count * p.supersample * p.supersample;
+    CUDA_LAUNCH(clear_kernel, blocks_for(subsamples), kThreads, stream, p.depth_bits, subsamples);
     if (p.num_faces > 0) {
         const dim3 grid((p.num_faces + kThreads - 1) / kThreads, p.batch < 65535 ? p.batch : 65535);
-        raster_kernel<<<grid, kThreads, 0, stream>>>(p);
+        CUDA_LAUNCH(raster_kernel, grid, kThreads, stream, p);
     }
-    resolve_kernel<<<blocks_for(count), kThreads, 0, stream>>>(p, out, background);
+    CUDA_LAUNCH(resolve_kernel, blocks_for(count), kThreads, stream, p, out, background);
     return cudaGetLastError();
 }
 

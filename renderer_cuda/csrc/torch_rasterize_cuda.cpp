@@ -1,7 +1,8 @@
 // Torch op for the CUDA kernel: checks, allocation, the current stream. Compiled only where torch has
-// CUDA (this file needs torch's CUDA headers; the kernel itself does not).
-#include <ATen/cuda/CUDAContext.h>
+// CUDA. It includes only the c10/cuda stream and guard headers: ATen/cuda/CUDAContext.h would pull in the
+// cuBLAS/cuSPARSE/cuSOLVER headers, which a compiler-only CUDA toolkit lacks.
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "raster_cuda.h"
 #include "torch_common.h"
@@ -17,7 +18,7 @@ at::Tensor rasterize_cuda_op(const at::Tensor& vertices, const at::Tensor& faces
     at::Tensor bits = at::empty({batch, height * supersample, width * supersample}, vertices.options().dtype(at::kInt));
     const RasterParams p = make_params(vertices, faces, height, width, supersample, perspective, bits.data_ptr<int32_t>());
     const cudaError_t err = rasterize_cuda(p, (float)background, out.data_ptr<float>(),
-                                           at::cuda::getCurrentCUDAStream().stream());
+                                           c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "rasterize_cuda launch failed: ", cudaGetErrorString(err));
     return out;
 }
