@@ -27,6 +27,12 @@ def _hadolint() -> str | None:
     return shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
 
 
+def installed_packages() -> list[str]:
+    """The top-level packages pyproject.toml installs (its setuptools ``find`` include patterns)."""
+    include = re.search(r"find = \{ include = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    return [pattern.strip(' "*') for pattern in include.split(",")]
+
+
 def test_dockerfile_structure():
     steps = instructions(ROOT / "docker" / "Dockerfile")
     assert steps[0][0] == "FROM" and re.fullmatch(r"nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3", steps[0][1].strip())
@@ -38,7 +44,7 @@ def test_dockerfile_structure():
     users = [arg.strip() for op, arg in steps if op == "USER"]
     assert users and users[-1].isdigit() and users[-1] != "0", "a numeric non-root user (hadolint DL3066)"
     copied = {arg.split()[0] for op, arg in steps if op == "COPY"}
-    for package in ("geometry", "hand", "renderer_cuda", "shards", "train", "launch", "configs", "pyproject.toml"):
+    for package in (*installed_packages(), "configs", "pyproject.toml"):  # every package the project installs
         assert package in copied, package
         assert (ROOT / package).exists(), package
 
