@@ -96,13 +96,15 @@ def gpu_of_rank(local_rank: int, local_world_size: int, gpus: int) -> int:
 
 def setup_distributed(env: DistEnv, device: torch.device, timeout_s: float = 1800.0,
                       setup_timeout_s: float | None = None) -> None:
-    """Join the process group when there is more than one rank: NCCL on GPUs, gloo on CPU.
+    """Join the process group: NCCL on GPUs, gloo on CPU, and the control plane's gloo group. Under a
+    launcher (torchrun sets MASTER_ADDR) also for a single rank, so that one GPU runs the code path of many
+    (NCCL, DDP, the control plane); a plain ``python -m train`` runs without a process group.
 
     ``timeout_s`` bounds every collective; joining is bounded by ``setup_timeout_s`` (default
     ``TRAIN_DIST_SETUP_TIMEOUT`` seconds, else 300): a rank that cannot join in time exits with
     status 1 and a message instead of hanging (torchrun then restarts or fails the job).
     """
-    if env.world_size <= 1 or dist.is_initialized():
+    if dist.is_initialized() or (env.world_size <= 1 and not os.environ.get("MASTER_ADDR")):
         return
     if setup_timeout_s is None:
         setup_timeout_s = float(os.environ.get("TRAIN_DIST_SETUP_TIMEOUT", "300"))
@@ -187,8 +189,16 @@ def teardown_distributed() -> None:
     _control = None
 
 
+def describe_process_group() -> str:
+    """E.g. ``process group nccl, 8 rank(s), control plane gloo``, or ``no process group``."""
+    if not is_distributed():
+        return "no process group"
+    return f"process group {dist.get_backend()}, {dist.get_world_size()} rank(s), control plane gloo"
+
+
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether a process group is set up (under torchrun: also for one rank)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 # The control plane: every collective of this module (flags, error messages, metrics, RNG states, barriers)

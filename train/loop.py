@@ -23,7 +23,8 @@ from shards.format import ShardsError
 from train.checkpoint import Checkpointer
 from train.config import TrainConfig, active_losses
 from train.data import build_streams
-from train.distributed import DistEnv, PreemptionFlag, agree, agree_on_error, all_gather_floats, is_distributed
+from train.distributed import (DistEnv, PreemptionFlag, agree, agree_on_error, all_gather_floats, describe_process_group,
+                               is_distributed)
 from train.losses import Losses, build_losses
 from train.metrics import build_metrics_sink
 from train.monitor import ImageMaker, build_evaluator, step_images
@@ -156,6 +157,7 @@ class Trainer:
             states={"model": self.net, "optimizer": self.optimizer, "scheduler": self.scheduler,
                     "scaler": self.scaler})
         self.model: nn.Module = self.net
+        log.info("training on %s, %s", device, describe_process_group())
         if is_distributed():
             self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
         self.synthetic_stream, self.real_stream = build_streams(cfg.data, crop=cfg.crop, seed=cfg.run.seed)
