@@ -67,8 +67,7 @@ class Sizes:
 
 def gpu_sizes(steps: int, batches: list[int]) -> Sizes:
     return Sizes(device="cuda", backend="cuda", reference="cpu", batches=batches, supersamples=[1, 2],
-                 speed_batch=4096, steps=steps, stage2_steps=20, fake_nyu=(64, 16), synthetic_samples=4000,
-                 train_overrides=["data.num_workers=4"])
+                 speed_batch=4096, steps=steps, stage2_steps=20, fake_nyu=(64, 16), synthetic_samples=4000)
 
 
 def dry_run_sizes() -> Sizes:
