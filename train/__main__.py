@@ -15,9 +15,10 @@ Launch commands (CPU ranks use gloo, GPU ranks NCCL; every rank renders its own 
 
 Re-running the same command resumes from RUN/checkpoints. SIGTERM/SIGUSR1 make every rank stop at the
 next step, checkpoint and exit 0. A bad config key or value exits with status 2 and says which; so does
-an unusable checkpoint (init or resume: missing, unreadable, or of another model config), and a corrupt
-shard (every rank stops at the same step with one line naming the shard; ``data.on_corrupt=skip`` drops
-corrupt samples instead).
+an unusable checkpoint (init or resume: missing, unreadable, or of another model config), a rasterizer
+kernel that cannot run on the rank's CUDA device (unless synthesis.backend=torch), more ranks on a node
+than GPUs, and a corrupt shard (every rank stops at the same step with one line naming the shard;
+``data.on_corrupt=skip`` drops corrupt samples instead).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from shards.format import ShardsError
 from train.checkpoint import CheckpointError
-from train.config import ConfigError, dump_config, load_config, validate
+from train.config import ConfigError, check_device, dump_config, load_config, validate
 from train.distributed import barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
 from train.loop import Trainer
 from train.run import setup_run
@@ -58,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    try:
+    try:  # before the rendezvous: a rank that cannot start must not leave its peers waiting in it
         env = get_dist_env()
-    except RuntimeError as exc:
+        device = select_device(cfg.run.device, env)
+        check_device(cfg, device)
+    except (RuntimeError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    device = select_device(cfg.run.device, env)
     setup_distributed(env, device)
     trainer = None
     failed = False

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from geometry import Crop
@@ -32,9 +33,9 @@ from train.optim import OptimConfig
 from train.prior import check_prior_file
 from train.run import RunConfig
 from train.schema import ConfigError, load_yaml, to_plain
-from train.synthesis import SynthesisConfig
+from train.synthesis import SynthesisConfig, backend_mismatch, check_rasterizer
 
-__all__ = ["ConfigError", "TrainConfig", "active_losses", "dump_config", "load_config", "validate"]
+__all__ = ["ConfigError", "TrainConfig", "active_losses", "check_device", "dump_config", "load_config", "validate"]
 
 
 @dataclass
@@ -103,7 +104,25 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1")
+    _check_backend_device(cfg)
     return cfg
+
+
+def _check_backend_device(cfg: TrainConfig) -> None:
+    """A rasterizer backend of one device with a run on the other (where run.device names one)."""
+    mismatch = backend_mismatch(cfg.synthesis.backend, cfg.run.device) if cfg.run.device != "auto" else None
+    if cfg.data.synthetic and mismatch:
+        raise ConfigError(f"config key 'synthesis.backend' ({cfg.synthesis.backend}): {mismatch}")
+
+
+def check_device(cfg: TrainConfig, device: torch.device) -> None:
+    """Checks that need the device this rank trains on (after validate): the rasterizer of the synthesis
+    works there without a silent fallback (:func:`train.synthesis.check_rasterizer`)."""
+    if cfg.data.synthetic:
+        try:
+            check_rasterizer(cfg.synthesis.backend, device)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'synthesis.backend' ({cfg.synthesis.backend}): {exc}") from None
 
 
 def _check_real_geometry(cfg: TrainConfig) -> None:

@@ -36,6 +36,7 @@ class DistEnv:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int = 1  # ranks on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -64,6 +65,7 @@ def get_dist_env() -> DistEnv:
         rank=_env_int(("RANK", "SLURM_PROCID"), 0),
         world_size=_env_int(("WORLD_SIZE", "SLURM_NTASKS"), 1),
         local_rank=_env_int(("LOCAL_RANK", "SLURM_LOCALID"), 0),
+        local_world_size=_env_int(("LOCAL_WORLD_SIZE",), 1),
     )
 
 
@@ -74,21 +76,35 @@ def select_device(requested: str, env: DistEnv) -> torch.device:
     if requested == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("run.device=cuda but CUDA is not available on this machine")
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", gpu_of_rank(env.local_rank, env.local_world_size, torch.cuda.device_count()))
         torch.cuda.set_device(device)
         return device
     return torch.device(requested)
 
 
+def gpu_of_rank(local_rank: int, local_world_size: int, gpus: int) -> int:
+    """The GPU of a rank: its local rank. More ranks on a node than visible GPUs is refused here, before the
+    rendezvous: NCCL refuses two ranks on one GPU ("Duplicate GPU detected") only once every rank has joined."""
+    ranks = max(local_world_size, local_rank + 1)
+    if ranks > gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise RuntimeError(f"{ranks} rank(s) on this node (torchrun's LOCAL_WORLD_SIZE) but {gpus} GPU(s) visible"
+                           f"{f' (CUDA_VISIBLE_DEVICES={visible})' if visible is not None else ''}: NCCL needs one GPU "
+                           f"per rank; start at most {gpus} per node (torchrun --nproc_per_node={gpus})")
+    return local_rank
+
+
 def setup_distributed(env: DistEnv, device: torch.device, timeout_s: float = 1800.0,
                       setup_timeout_s: float | None = None) -> None:
-    """Join the process group when there is more than one rank: NCCL on GPUs, gloo on CPU.
+    """Join the process group: NCCL on GPUs, gloo on CPU, and the control plane's gloo group. Under a
+    launcher (torchrun sets MASTER_ADDR) also for a single rank, so that one GPU runs the code path of many
+    (NCCL, DDP, the control plane); a plain ``python -m train`` runs without a process group.
 
     ``timeout_s`` bounds every collective; joining is bounded by ``setup_timeout_s`` (default
     ``TRAIN_DIST_SETUP_TIMEOUT`` seconds, else 300): a rank that cannot join in time exits with
     status 1 and a message instead of hanging (torchrun then restarts or fails the job).
     """
-    if env.world_size <= 1 or dist.is_initialized():
+    if dist.is_initialized() or (env.world_size <= 1 and not os.environ.get("MASTER_ADDR")):
         return
     if setup_timeout_s is None:
         setup_timeout_s = float(os.environ.get("TRAIN_DIST_SETUP_TIMEOUT", "300"))
@@ -103,6 +119,8 @@ def setup_distributed(env: DistEnv, device: torch.device, timeout_s: float = 180
             kwargs["store"] = _generation_store(env, deadline, datetime.timedelta(seconds=timeout_s))
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        global _control
+        _control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 @contextlib.contextmanager
@@ -165,38 +183,47 @@ def _generation_store(env: DistEnv, deadline: float, timeout: datetime.timedelta
 
 
 def teardown_distributed() -> None:
+    global _control
     if dist.is_initialized():
         dist.destroy_process_group()
+    _control = None
+
+
+def describe_process_group() -> str:
+    """E.g. ``process group nccl, 8 rank(s), control plane gloo``, or ``no process group``."""
+    if not is_distributed():
+        return "no process group"
+    return f"process group {dist.get_backend()}, {dist.get_world_size()} rank(s), control plane gloo"
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether a process group is set up (under torchrun: also for one rank)."""
+    return dist.is_available() and dist.is_initialized()
 
 
-def _collective_device() -> torch.device:
-    # NCCL reduces only CUDA tensors; gloo reduces CPU tensors.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+# The control plane: every collective of this module (flags, error messages, metrics, RNG states, barriers)
+# runs on a gloo group over CPU tensors, also when DDP's gradients go through NCCL, so none of them waits for
+# the CUDA stream or copies to and from the GPU. setup_distributed makes it (on gloo runs too: one code path).
+_control: dist.ProcessGroup | None = None
 
 
-def all_reduce_max(value: float) -> float:
-    """The maximum of ``value`` over all ranks (the value itself without a process group)."""
+def all_reduce_max(values: list[float]) -> list[float]:
+    """The element-wise maximum of ``values`` over all ranks (the values themselves without a process group)."""
     if not is_distributed():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_control)
+    return tensor.tolist()
 
 
 def all_gather_floats(values: list[float]) -> list[list[float]]:
     """Every rank's ``values`` (same length on all ranks), indexed by rank."""
     if not is_distributed():
         return [list(values)]
-    local = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    local = torch.tensor(values, dtype=torch.float64)
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, local)
-    return [t.cpu().tolist() for t in gathered]
+    dist.all_gather(gathered, local, group=_control)
+    return [t.tolist() for t in gathered]
 
 
 def all_gather_objects(obj: object) -> list[object]:
@@ -204,37 +231,37 @@ def all_gather_objects(obj: object) -> list[object]:
     if not is_distributed():
         return [obj]
     out: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_control)
     return out
 
 
-def first_error(message: str | None) -> str | None:
-    """Collective: the first failing rank's ``message`` as ``"rank K: message"`` on every rank, or None.
+def agree(stop: bool, message: str | None) -> tuple[bool, str | None]:
+    """Collective, one all-reduce: whether any rank asks to ``stop`` (a preemption signal), and the first
+    failing rank's ``message`` as ``"rank K: message"`` on every rank, or None.
 
     A rank-local failure (a corrupt shard one rank read) must stop every rank at the same point: a rank
-    that raised alone would leave its peers blocked in the next collective until the timeout.
-    One all-reduce when no rank failed; the messages are gathered only when one did.
+    that raised alone would leave its peers blocked in the next collective until the timeout. The messages
+    are gathered (a second collective) only when a rank failed.
     """
     if not is_distributed():
-        return None if message is None else message
-    if all_reduce_max(0.0 if message is None else 1.0) == 0.0:
-        return None
-    for rank, text in enumerate(all_gather_objects(message)):
-        if text is not None:
-            return f"rank {rank}: {text}"
-    return None
+        return stop, message
+    any_stop, any_failed = all_reduce_max([float(stop), float(message is not None)])
+    if not any_failed:
+        return any_stop > 0, None
+    failed = [(rank, text) for rank, text in enumerate(all_gather_objects(message)) if text is not None]
+    return any_stop > 0, f"rank {failed[0][0]}: {failed[0][1]}"
 
 
 def agree_on_error(work: Callable[[], T], error: type[Exception]) -> T:
     """Collective: ``work()`` on every rank; when it raised ``error`` on any rank, every rank raises ``error``
-    with the first failing rank's message (:func:`first_error`), instead of one rank dying and its peers
+    with the first failing rank's message (:func:`agree`), instead of one rank dying and its peers
     waiting in the next collective until the timeout (a corrupt shard read by one rank)."""
     value, problem = None, None
     try:
         value = work()
     except error as exc:
         problem = str(exc)
-    message = first_error(problem)
+    _, message = agree(False, problem)
     if message is not None:
         raise error(message)
     return value  # type: ignore[return-value]
@@ -242,15 +269,14 @@ def agree_on_error(work: Callable[[], T], error: type[Exception]) -> T:
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        dist.barrier(group=_control)
 
 
 class PreemptionFlag:
-    """SIGTERM/SIGUSR1 set a local flag; :meth:`should_stop` agrees on it across ranks.
+    """SIGTERM/SIGUSR1 set a local flag (``received``); the loop agrees on it across ranks once per step
+    (:func:`agree`), so a signal that reached any rank stops all of them at the same step.
 
     The handler only records the signal: checkpointing inside a handler could interrupt a collective.
-    Every rank calls :meth:`should_stop` at the same step, so a signal that reached any rank stops all
-    of them at the same step.
     """
 
     def __init__(self) -> None:
@@ -269,6 +295,3 @@ class PreemptionFlag:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
-
-    def should_stop(self) -> bool:
-        return all_reduce_max(1.0 if self.received is not None else 0.0) > 0.0

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +23,8 @@ from shards.format import ShardsError
 from train.checkpoint import Checkpointer
 from train.config import TrainConfig, active_losses
 from train.data import build_streams
-from train.distributed import DistEnv, PreemptionFlag, agree_on_error, all_gather_floats, is_distributed
+from train.distributed import (DistEnv, PreemptionFlag, agree, agree_on_error, all_gather_floats, describe_process_group,
+                               is_distributed)
 from train.losses import Losses, build_losses
 from train.metrics import build_metrics_sink
 from train.monitor import ImageMaker, build_evaluator, step_images
@@ -31,9 +32,9 @@ from train.network import NetworkOutput, build_network
 from train.optim import autocast, build_optimizer
 from train.schema import to_plain
 from train.synthesis import Synthesizer, held_out_batch
+from train.timing import SectionTimer, wait_for_device
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -60,17 +61,19 @@ def train_step(model: nn.Module, losses: Losses, optimizer: torch.optim.Optimize
         depth = real["depth"]
         parts.append(depth.reshape(-1, 1, *depth.shape[-2:]).to(device, torch.float32, non_blocking=True))
     images = torch.cat(parts) if len(parts) > 1 else parts[0]
-    with autocast(device, amp):
+    with autocast(device, amp):  # the network's forward only; its outputs are fp32 (train.network)
         output: NetworkOutput = model(images)
-        terms: dict[str, torch.Tensor] = {}
-        n_synthetic = synthetic[0].shape[0] if synthetic is not None else 0
-        if synthetic is not None:
-            terms.update(losses.synthetic(output.narrow(0, n_synthetic), synthetic[1]))
-        if real is not None:
-            terms.update(losses.real(output.narrow(n_synthetic, images.shape[0] - n_synthetic), real, step))
+    # Every loss, the sphere renderer inside the fitting terms included, runs in fp32 outside autocast: the
+    # data-to-model distance |p|^2 + |c|^2 - 2 p.c loses millimetres in bf16.
+    terms: dict[str, torch.Tensor] = {}
+    n_synthetic = synthetic[0].shape[0] if synthetic is not None else 0
+    if synthetic is not None:
+        terms.update(losses.synthetic(output.narrow(0, n_synthetic), synthetic[1]))
+    if real is not None:
+        terms.update(losses.real(output.narrow(n_synthetic, images.shape[0] - n_synthetic), real, step))
     if not terms:
         raise ValueError("every loss term for the configured data is disabled: nothing to train")
-    loss = torch.stack([t.float() for t in terms.values()]).sum()
+    loss = torch.stack(list(terms.values())).sum()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip is not None:
@@ -88,8 +91,7 @@ class Batch:
 
     synthetic: tuple[torch.Tensor, torch.Tensor] | None
     real: dict[str, Any] | None
-    data_wait: float  # seconds waiting for the loaders
-    render: float  # seconds rendering the synthetic batch
+    data_wait: float  # seconds waiting for the loaders (and the ranks' agreement on them)
 
     @property
     def samples(self) -> int:
@@ -101,13 +103,17 @@ class Batch:
 
 @dataclass
 class Window:
-    """Sums over the steps since the last log line."""
+    """Sums over the steps since the last log line.
+
+    ``seconds`` is the host's time in the steps (fetch, render, update) plus its waits for the device's queued
+    work before anything else reads the device (log, checkpoint, evaluation): the steps never wait for the
+    device themselves, so over a window the sum is the time the steps took. ``render`` is read from the
+    :class:`SectionTimer` at log time."""
 
     steps: int = 0
     samples: int = 0
     seconds: float = 0.0
     data_wait: float = 0.0
-    render: float = 0.0
     loss: torch.Tensor | float = 0.0
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -116,16 +122,16 @@ class Window:
         self.samples += batch.samples
         self.seconds += seconds
         self.data_wait += batch.data_wait
-        self.render += batch.render
         self.loss = self.loss + result.loss
         for name, value in result.terms.items():
             self.terms[name] = self.terms.get(name, 0.0) + value
 
-    def local_values(self) -> dict[str, float]:
-        """This rank's means and rates, by name (every rank has the same names: the same terms run)."""
+    def local_values(self, render: float) -> dict[str, float]:
+        """This rank's means and rates, by name (every rank has the same names: the same terms run);
+        ``render``: the window's seconds of rendering."""
         seconds = max(self.seconds, 1e-9)
         values = {"loss": float(self.loss) / self.steps, "samples_per_s": self.samples / seconds,
-                  "data_wait_fraction": self.data_wait / seconds, "render_fraction": self.render / seconds}
+                  "data_wait_fraction": self.data_wait / seconds, "render_fraction": render / seconds}
         values.update({f"loss/{name}": float(value) / self.steps for name, value in sorted(self.terms.items())})
         return values
 
@@ -151,6 +157,7 @@ class Trainer:
             states={"model": self.net, "optimizer": self.optimizer, "scheduler": self.scheduler,
                     "scaler": self.scaler})
         self.model: nn.Module = self.net
+        log.info("training on %s, %s", device, describe_process_group())
         if is_distributed():
             self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
         self.synthetic_stream, self.real_stream = build_streams(cfg.data, crop=cfg.crop, seed=cfg.run.seed)
@@ -162,22 +169,19 @@ class Trainer:
             synthetic=(lambda: self.synthesizer(held_out_batch(self.hand, *held_out))) if cfg.data.synthetic else None)
         self.images = ImageMaker(self.hand.radii, cfg.crop)
         self.window = Window()
+        self.render_timer = SectionTimer(device)
         self.step = 0
         self.skipped = 0.0  # corrupt samples dropped over all ranks (data.on_corrupt=skip), as last logged
 
     def load(self) -> None:
-        """Resume from the newest checkpoint of the run, else start from ``init`` weights (if set)."""
+        """Resume from the newest checkpoint of the run, else start from ``init`` weights (if set); position
+        the streams (collective: a corrupt shard on any rank stops every rank here with ShardsError)."""
         self.step = self.checkpointer.load(self.cfg.init)
-        self.read_data(lambda: [stream.start(self.step) for stream in self.streams])
+        agree_on_error(lambda: [stream.start(self.step) for stream in self.streams], ShardsError)
 
     @property
     def streams(self) -> list[Any]:
         return [stream for stream in (self.synthetic_stream, self.real_stream) if stream is not None]
-
-    def read_data(self, read: Callable[[], T]) -> T:
-        """``read()`` on every rank, then agree (collective): a corrupt shard on any rank stops them all
-        here with ShardsError (data.on_corrupt=error, or too much skipped)."""
-        return agree_on_error(read, ShardsError)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -188,46 +192,60 @@ class Trainer:
         if self.step == 0 and cfg.eval.at_start:
             self.evaluate()
         while self.step < cfg.run.steps:
-            if self.step == cfg.run.stop_at or self.preemption.should_stop():
+            stepped = self.train_one() if self.step != cfg.run.stop_at else None
+            if stepped is None:
                 log.info("stopping at step %d (%s)", self.step,
                          "preempted" if self.preemption.received else "run.stop_at")
                 self.checkpointer.save(self.step, last=True)
                 return False
-            batch, result = self.train_one()
             self.step += 1
-            self.checkpointer.save(self.step, last=self.step == cfg.run.steps)
-            if cfg.eval.due(self.step, cfg.run.steps):
+            last, evaluating = self.step == cfg.run.steps, cfg.eval.due(self.step, cfg.run.steps)
+            if evaluating or self.checkpointer.should_save(self.step, last=last):
+                self.window.seconds += wait_for_device(self.device)  # the steps' queued work is training time
+            self.checkpointer.save(self.step, last=last)
+            if evaluating:
                 self.evaluate()
-            self.log(batch, result)
+            self.log(*stepped)
         if cfg.data.on_corrupt == "skip":
             log.info("data.on_corrupt=skip: %d corrupt sample(s) skipped over all ranks (data/skipped_samples)",
                      self.skipped)
         return True
 
-    def train_one(self) -> tuple[Batch, StepResult]:
-        """Fetch, render and update once."""
+    def train_one(self) -> tuple[Batch, StepResult] | None:
+        """Fetch, render and update once; None (nothing trained) when a rank was preempted."""
         start = time.perf_counter()
-        batch = self.next_batch(start)
+        batch = self.next_batch()
+        if batch is None:
+            return None
         result = train_step(self.model, self.losses, self.optimizer, self.scheduler, self.scaler,
                             synthetic=batch.synthetic, real=batch.real, step=self.step, amp=self.cfg.optim.amp,
                             grad_clip=self.cfg.optim.grad_clip)
-        self._sync()
         self.window.add(result, batch, time.perf_counter() - start)
         return batch, result
 
-    def next_batch(self, start: float) -> Batch:
-        """The next batch of each stream, the synthetic one rendered; timed from ``start``."""
-        synthetic, real = self.read_data(lambda: (self.synthetic_stream.next() if self.synthetic_stream else None,
-                                                  self.real_stream.next() if self.real_stream else None))
-        fetched = time.perf_counter()
-        rendered = self.synthesizer(synthetic) if synthetic is not None else None
-        self._sync()
-        return Batch(rendered, real, data_wait=fetched - start, render=time.perf_counter() - fetched)
+    def next_batch(self) -> Batch | None:
+        """The next batch of each stream, the synthetic one rendered; None when any rank was preempted.
 
-    def _sync(self) -> None:
-        # Timings of data wait and rendering are only meaningful once the GPU has caught up.
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        One collective per step (:func:`agree`) tells every rank both whether a rank received a preemption
+        signal and whether a rank's read failed (a corrupt shard: every rank raises ShardsError with its
+        message). The batch read before a stop is not consumed: a resumed run reads it at the same step.
+        """
+        start = time.perf_counter()
+        synthetic = real = problem = None
+        try:
+            synthetic = self.synthetic_stream.next() if self.synthetic_stream else None
+            real = self.real_stream.next() if self.real_stream else None
+        except ShardsError as exc:
+            problem = str(exc)
+        stop, error = agree(self.preemption.received is not None, problem)
+        if error is not None:
+            raise ShardsError(error)
+        if stop:
+            return None
+        data_wait = time.perf_counter() - start
+        with self.render_timer():
+            rendered = self.synthesizer(synthetic) if synthetic is not None else None
+        return Batch(rendered, real, data_wait=data_wait)
 
     def evaluate(self) -> None:
         """Collective: every rank evaluates its share; rank 0 logs."""
@@ -249,7 +267,8 @@ class Trainer:
         """Gather every rank's window (collective), then rank 0 writes the scalars."""
         if self.window.steps == 0:
             return
-        local = self.window.local_values()
+        self.window.seconds += wait_for_device(self.device)
+        local = self.window.local_values(render=self.render_timer.read())
         local["skipped_samples"] = float(sum(stream.skipped for stream in self.streams))  # since this start
         names = list(local)
         ranks = [dict(zip(names, values)) for values in all_gather_floats([local[n] for n in names])]

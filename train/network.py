@@ -10,6 +10,9 @@ the heatmap expectation of the cell centres mapped to crop pixels (a cell is S /
 into crop-frame x, y in mm with :meth:`geometry.Crop.from_pixels`; z = sum(heatmap * depth map).
 Input depth is in mm and scaled by ``1 / depth_scale_mm`` inside; depth-map outputs are multiplied by
 ``depth_scale_mm`` so that the network works with values of order one.
+
+Precision: under autocast (``optim.amp``) the trunk runs in bf16/fp16, but each stack's 1x1 head and the
+decoding run in fp32, so every field of :class:`NetworkOutput` is fp32 whatever the autocast state.
 """
 
 from __future__ import annotations
@@ -148,13 +151,16 @@ class HourglassNet(nn.Module):
         logits, heatmaps, depthmaps, joints = [], [], [], []
         for i in range(self.cfg.stacks):
             y = self.features[i](self.hourglasses[i](x))
-            score = self.heads[i](y)
-            logit, depthmap = score[:, :self.num_spheres], score[:, self.num_spheres:] * self.cfg.depth_scale_mm
-            heatmap = spatial_softmax(logit, self.cfg.softmax_temperature)
+            # The head and the decoding run in fp32 even under autocast: a bf16 soft-argmax or depth map
+            # is off by millimetres (bf16 keeps 8 significant bits), and every loss reads these outputs.
+            with torch.autocast(y.device.type, enabled=False):
+                score = self.heads[i](y.float())
+                logit, depthmap = score[:, :self.num_spheres], score[:, self.num_spheres:] * self.cfg.depth_scale_mm
+                heatmap = spatial_softmax(logit, self.cfg.softmax_temperature)
+                joints.append(decode_joints(heatmap, depthmap, self.cell_centres_px, self.crop))
             logits.append(logit)
             heatmaps.append(heatmap)
             depthmaps.append(depthmap)
-            joints.append(decode_joints(heatmap, depthmap, self.cell_centres_px, self.crop))
             if i < self.cfg.stacks - 1:
                 x = x + self.feature_back[i](y) + self.score_back[i](score)
         return NetworkOutput(heatmaps, depthmaps, joints[-1], logits, joints)

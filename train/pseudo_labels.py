@@ -3,7 +3,7 @@ multi-view frames, fused over the views and fitted to the observed depth, become
 training stage (``loss.fitted``).
 
     python -m train.pseudo_labels --checkpoint runs/synthetic --data shards/nyu --out shards/nyu-fitted \
-        [--config configs/pseudo-labels.yaml] [steps=100 collision=1.0 ...] [--device cuda]
+        [--config configs/pseudo-labels.yaml] [steps=100 collision=1.0 ...] [--device cpu]
 
 Per frame of ``DATA/train``: the network predicts every view (3 images); the views' joints are mapped into
 view 1's frame and fused by their per-coordinate median (the multi-view consistency estimate); then the
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output root: OUT/train gets the shards with fits")
     parser.add_argument("--config", type=Path, default=None, help="YAML file of settings (configs/pseudo-labels.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. steps=0 fuse=false")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda where available, else cpu)")
     args = parser.parse_args(argv)
     try:
         cfg = load_yaml(PseudoLabelConfig, args.config, args.overrides)

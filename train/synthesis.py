@@ -19,6 +19,7 @@ import torch
 from geometry import Crop
 from hand import HandModel, sample_poses, sample_shapes
 from hand.render import render_mesh_depth
+from renderer_cuda import ExtensionUnavailable, resolve_backend
 from renderer_cuda.rasterize import Backend
 from shards.format import SYNTHETIC_AUGMENT_FIELDS
 
@@ -30,12 +31,41 @@ class SynthesisConfig:
     """Rendering of synthetic training depth."""
 
     supersample: int = 1  # rasterizer supersampling factor per axis (1: one sample per pixel)
-    backend: Backend = "auto"  # rasterizer backend (renderer_cuda.BACKENDS): auto, cuda, cpu or torch
+    # Rasterizer backend (renderer_cuda.BACKENDS): auto (the kernel of the run's device), cuda, cpu, or torch
+    # (the pure-torch reference, ~1,500x slower than a kernel). See check_rasterizer for what a run refuses.
+    backend: Backend = "auto"
     # Fraction of samples rendered with a forearm (real crops show one; the hand mesh ends at the wrist).
     forearm: float = 0.0
     # Hand size augmentation: each sample's global scale times a factor uniform in [1 - this, 1 + this]
     # (real subjects' hands differ from the shards' shape spread; the labels scale with the hand).
     scale_jitter: float = 0.0
+
+
+def backend_mismatch(backend: Backend, device_type: str) -> str | None:
+    """Why a ``cuda`` or ``cpu`` backend cannot render for a run on a ``device_type`` device, or None."""
+    if backend in ("cuda", "cpu") and device_type != backend:
+        where = "a CUDA device" if backend == "cuda" else "the CPU"
+        return f"renders on {where} but the run trains on {device_type}; set it to {device_type} or auto"
+    return None
+
+
+def check_rasterizer(backend: Backend, device: torch.device) -> None:
+    """Refuse, before training starts, a synthesis that could not render on ``device`` with ``backend``, or
+    only by silently falling back to the pure-torch reference. Raises ValueError saying why (the message
+    reads after the backend's name).
+
+    On a CUDA device ``auto`` and ``cuda`` need the CUDA kernel: an unusable one would cost the run ~1,500x
+    in rendering, so it is an error unless the config asks for ``torch``. On the CPU, ``cpu`` needs the CPU
+    kernel, and ``auto`` may fall back to the reference with one warning (interactive use).
+    """
+    mismatch = backend_mismatch(backend, device.type)
+    if mismatch:
+        raise ValueError(mismatch)
+    try:  # the renderer's own answer: which kernel renders, or why none can (with the build log's path)
+        resolve_backend(backend, device)
+    except ExtensionUnavailable as error:
+        raise ValueError(f"cannot render on {device}: {error} (synthesis.backend=torch in a config); the whole "
+                         f"build log: `python -m renderer_cuda build --kind {device.type} --verbose`") from None
 
 
 def jitter_offset_mm(augment: torch.Tensor, crop: Crop) -> torch.Tensor:
@@ -61,10 +91,10 @@ class Variation:
 
 
 def draw_variation(augment: torch.Tensor, cfg: SynthesisConfig) -> Variation:
-    """Drawn on the CPU from each noise_seed (a stream apart from the sensor noise's, so the noise of a
-    sample stays the same whatever these settings are)."""
+    """Drawn from each noise_seed of the CPU ``augment`` rows (a stream apart from the sensor noise's, so the
+    noise of a sample stays the same whatever these settings are)."""
     scale, radii, flexion = [], [], []
-    for row in augment.detach().cpu():
+    for row in augment:
         generator = torch.Generator().manual_seed(int(row[_FIELD["noise_seed"]].item()) ^ 0x5EED_A12A)
         draws = torch.rand(5, generator=generator, dtype=torch.float64).tolist()
         present = float(draws[0] < cfg.forearm)
@@ -75,12 +105,13 @@ def draw_variation(augment: torch.Tensor, cfg: SynthesisConfig) -> Variation:
 
 
 def sensor_noise(augment: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (B, S, S) depth noise in mm and hole mask, drawn on the CPU from each noise_seed.
+    """Per-sample (B, S, S) depth noise in mm and hole mask, drawn on the CPU from each noise_seed of the CPU
+    ``augment`` rows.
 
     Drawing on the CPU makes a sample's noise identical on every device; it is B*S*S numbers, cheap.
     """
     noise, holes = [], []
-    for row in augment.detach().cpu():
+    for row in augment:
         generator = torch.Generator().manual_seed(int(row[_FIELD["noise_seed"]].item()))
         noise.append(torch.randn(size, size, generator=generator) * float(row[_FIELD["depth_noise_mm"]]))
         holes.append(torch.rand(size, size, generator=generator) < float(row[_FIELD["hole_fraction"]]))
@@ -101,28 +132,41 @@ class Synthesizer:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.device
-        augment = batch["augment"].to(device, torch.float32)
+        # Every per-sample draw comes from the augment rows where the loader delivers them, on the CPU, and
+        # all of it reaches the device in one copy that does not wait for the device.
+        augment = batch["augment"].cpu().float()
         variation = draw_variation(augment, self.cfg)
-        shape = batch["shape"].to(device, torch.float32).clone()
-        shape[:, 0] *= variation.scale.to(device, shape.dtype)
-        forearm = (variation.forearm_radii, variation.wrist_flexion) if self.cfg.forearm > 0 else None
-        offset = jitter_offset_mm(augment, self.crop)[:, None, :]
-        depth, keypoints = render_mesh_depth(self.hand, batch["pose"], shape, crop=self.crop, offset_mm=offset,
-                                             forearm=forearm, supersample=self.cfg.supersample,
-                                             backend=self.cfg.backend)
-        depth = self._add_noise(depth, augment)
-        return depth[:, None], keypoints
-
-    def _add_noise(self, depth: torch.Tensor, augment: torch.Tensor) -> torch.Tensor:
         noise, holes = sensor_noise(augment, self.crop.size)
-        noise, holes = noise.to(depth.device), holes.to(depth.device)
+        inputs = to_device({"pose": batch["pose"], "shape": batch["shape"], "offset": jitter_offset_mm(augment, self.crop),
+                            "scale": variation.scale, "forearm_radii": variation.forearm_radii,
+                            "wrist_flexion": variation.wrist_flexion, "noise": noise, "holes": holes}, self.device)
+        shape = inputs["shape"].clone()
+        shape[:, 0] *= inputs["scale"]
+        forearm = (inputs["forearm_radii"], inputs["wrist_flexion"]) if self.cfg.forearm > 0 else None
+        depth, keypoints = render_mesh_depth(self.hand, inputs["pose"], shape, crop=self.crop,
+                                             offset_mm=inputs["offset"][:, None, :], forearm=forearm,
+                                             supersample=self.cfg.supersample, backend=self.cfg.backend)
+        return self._add_noise(depth, inputs["noise"], inputs["holes"])[:, None], keypoints
+
+    def _add_noise(self, depth: torch.Tensor, noise: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
         background = self.crop.background_depth
         hand_pixels = depth < background
         depth = torch.where(hand_pixels, depth + noise, depth)
         # Missing sensor depth reads as background, like the real crops.
         depth = torch.where(hand_pixels & holes, torch.full_like(depth, background), depth)
         return self.crop.clip_depth(depth)
+
+
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """CPU tensors (float32 or bool) on ``device``, in one copy: packed into one pinned float32 buffer whose
+    copy does not wait for the device, then split there. Unchanged on the CPU."""
+    if device.type == "cpu":
+        return {name: tensor.cpu() for name, tensor in tensors.items()}
+    flat = torch.cat([tensor.cpu().reshape(-1).float() for tensor in tensors.values()])
+    flat = flat.pin_memory().to(device, non_blocking=True)
+    parts = flat.split([tensor.numel() for tensor in tensors.values()])
+    return {name: part.view(tensor.shape) > 0.5 if tensor.dtype == torch.bool else part.view(tensor.shape)
+            for (name, tensor), part in zip(tensors.items(), parts)}
 
 
 def held_out_batch(hand: HandModel, n: int, seed: int) -> dict[str, torch.Tensor]:
