@@ -200,7 +200,7 @@ def test_sample_shapes():
                        hand.sample_shapes(3, torch.Generator().manual_seed(1)))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_runs_on_cuda(model):
     cuda = hand.HandModel().cuda()
     pose, shape = _poses(3, 9), hand.sample_shapes(3, torch.Generator().manual_seed(9))
