@@ -80,8 +80,11 @@ def label_use(config: dict, manifests: dict[str, list[dict]]) -> list[str]:
                          f"Real train shards derived from {train[0]['derived_from']}.")
         lines.append("Supervised term (real train **labels** as targets): " +
                      ("**on**." if _enabled(loss, "supervised") else "off."))
-    if data.get("real"):
-        lines.append("Test split labels: read by the evaluation only.")
+    test = [m for m in manifests.get("data.real", []) if Path(m["path"]).parent.name == "test"]
+    if test:
+        lines.append("Test split labels: read by the evaluation only" + (
+            "; its crops are centred at them (center=gt), so its figures assume a labelled crop centre."
+            if test[0]["args"].get("center") == "gt" else "."))
     if config.get("init"):
         lines.append(f"Initialised from {config['init']}: what that run read is on its own card.")
     return lines
