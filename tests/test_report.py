@@ -53,6 +53,8 @@ def test_report_rows_files_and_the_mean_pose(nyu_shards_gt: Path, tmp_path: Path
     for name in ("report.md", "success_curves.png", "eval-untrained/metrics.json", "eval-mean_pose/success_curve.csv"):
         assert (tmp_path / name).is_file(), name
     assert "| untrained |" in (tmp_path / "report.md").read_text() and "| untrained |" in result.stdout
+    card = (tmp_path / "run" / "checkpoints" / "MODEL_CARD.md").read_text()  # beside the run's final checkpoint
+    assert f"{results['untrained']['mean_error_mm']:.2f} mm** over {len(test)} frames" in card
 
 
 def test_report_refuses_bad_runs(nyu_shards_gt: Path, tmp_path: Path) -> None:

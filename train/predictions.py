@@ -4,7 +4,7 @@ results format.
 :func:`collect_predictions` runs the network on view 1 of every batch (the evaluation protocol's view);
 :meth:`FramePredictions.errors` scores them with :func:`train.scores.joint_errors`; :func:`export_results`
 turns crop-frame predictions into an NYU results file (crop frame + the sample's view-1 crop centre ->
-camera frame -> ``u v d`` with the sample's intrinsics).
+camera frame -> ``u v d`` with the sample's intrinsics, :func:`crop_to_uvd`, which ``train.predict`` shares).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geometry import Intrinsics
 from shards.nyu_protocol import (NYU_EVAL_JOINTS, SplitLines, camera_to_uvd, frame_lines, sample_intrinsics,
                                  view1_centers, write_results)
 from train.scores import FrameErrors, joint_errors
@@ -66,12 +67,18 @@ def collect_errors(net: nn.Module, loader: Iterable[dict], *, device: str | torc
     return collect_predictions(net, loader, device=device, max_batches=max_batches).errors()
 
 
+def crop_to_uvd(crop_joints: np.ndarray, centers: np.ndarray, intrinsics: list[Intrinsics]) -> np.ndarray:
+    """(N, J, 3) crop-frame joints, their (N, 3) crop centres (camera frame mm) and each frame's camera ->
+    (N, J, 3) image ``u v d`` (pixels, depth mm): a results file's numbers."""
+    camera = np.asarray(crop_joints, np.float64) + np.asarray(centers, np.float64)[:, None]
+    return np.stack([camera_to_uvd(points, k) for points, k in zip(camera, intrinsics)]) if len(camera) else camera
+
+
 def export_results(predictions: FramePredictions, split_dir: str | Path, path: str | Path) -> SplitLines:
     """Write view-1 predictions as an NYU results file, one line per frame of the split in frame order,
     ``nan`` lines for frames the shard build skipped; returns the lines written (``missing``: skipped frames)."""
-    camera = predictions.predicted[:, NYU_EVAL_JOINTS] + view1_centers(predictions.metas, split_dir)[:, None]
-    intrinsics = sample_intrinsics(predictions.metas, split_dir)
-    uvd = np.stack([camera_to_uvd(points, k) for points, k in zip(camera, intrinsics)]) if len(camera) else camera
+    uvd = crop_to_uvd(predictions.predicted[:, NYU_EVAL_JOINTS], view1_centers(predictions.metas, split_dir),
+                      sample_intrinsics(predictions.metas, split_dir))
     frames = np.asarray([int(m.get("frame", -1)) for m in predictions.metas], dtype=np.int64)
     lines = frame_lines(split_dir, frames, uvd)
     write_results(path, lines.values)

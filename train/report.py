@@ -8,7 +8,8 @@ Each ``--run NAME=RUN`` is a run dir (its newest checkpoint) or a checkpoint fil
 ``OUT/eval-NAME/``. The ``mean_pose`` row predicts every test frame as the mean view-1 crop-frame joints of
 the labelled train split (``DATA/train``): what a network that ignores its input scores. Writes
 ``OUT/results.json`` (``{name: {"mean_error_mm", "success_at_20mm", "success_at_40mm", "frames"}}``),
-``OUT/report.md`` (the table) and ``OUT/success_curves.png`` (one curve per row), and prints the table.
+``OUT/report.md`` (the table) and ``OUT/success_curves.png`` (one curve per row), and prints the table. Each
+run's checkpoint gets its model card beside it, ``MODEL_CARD.md`` (``train.model_card``), with these figures.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from shards.format import ShardsError, check_crop
 from shards.reader import make_loader
-from train.checkpoint import CheckpointError, load_network
+from train.checkpoint import CheckpointError, load_network, resolve_checkpoint
+from train.model_card import CARD_NAME, write_model_card
 from train.plots import plot_success_curves, write_report
 from train.predictions import collect_errors
 from train.scores import FrameErrors, compute_metrics, joint_errors
@@ -69,15 +71,19 @@ def table(results: dict[str, dict]) -> str:
 def build_report(data_root: Path, runs: dict[str, Path], out: Path) -> dict[str, dict]:
     """Evaluate every run, write results.json, report.md and success_curves.png; returns the rows by name."""
     collected = {MEAN_POSE: mean_pose_errors(data_root)}
-    for name, run in runs.items():
-        net, crop, _ = load_network(run)
-        check_crop(data_root / "test", crop, f"the network of run {name} ({run})")
+    checkpoints = {name: resolve_checkpoint(run) for name, run in runs.items()}
+    for name, checkpoint in checkpoints.items():
+        net, crop, _ = load_network(checkpoint)
+        check_crop(data_root / "test", crop, f"the network of run {name} ({runs[name]})")
         collected[name] = collect_errors(net, _loader(data_root / "test"))
     results = {}
     for name, frames in collected.items():
         metrics = compute_metrics(frames)
         write_report(metrics, frames.errors, out / f"eval-{name}")
         results[name] = summary(metrics)
+        if name in checkpoints:
+            write_model_card(checkpoints[name], checkpoints[name].parent / CARD_NAME,
+                             {**metrics, "data": str(data_root / "test")})
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_success_curves({name: frames.errors for name, frames in collected.items()}, out / "success_curves.png",
                         title=f"{data_root / 'test'}")
