@@ -45,7 +45,7 @@ def test_dry_run_script_parses_keeps_every_value_literal_and_writes_nothing(host
     config, run_dir, overrides = hostile
     result = launch("slurm", "--nodes", "2", "--gpus-per-node", "0", "--config", str(config), "--dry-run",
                     "--sbatch", "comment=it's; touch PWNED3 # not a comment", "--env", "SPHERE_X=a $(touch PWNED4)",
-                    *overrides, "--job-name", "hostile")  # an option after the overrides
+                    overrides[0], "--job-name", "hostile", *overrides[1:])  # an option between overrides
     assert result.returncode == 0, result.stderr
     script = script_of(result.stdout)
     assert "#SBATCH --nodes=2" in script and "#SBATCH --signal=B:USR2@120" in script and "--requeue" in script
