@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from launch.__main__ import main as launch_main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -123,15 +125,19 @@ def test_container_options(tmp_path, synthetic_shards):
     (["data.synthetic=/nonexistent"], "error: config key 'data.synthetic': '/nonexistent' does not exist\n"),
     (["data.synthetic=/nonexistent", "--dry-run"], "error: config key 'data.synthetic': '/nonexistent' does not"),
 ])
-def test_bad_options_name_the_value_and_write_nothing(args, message, tmp_path, synthetic_shards):
-    """Refused before anything is written or submitted (no --dry-run but one: the submission path)."""
+def test_bad_options_name_the_value_and_write_nothing(args, message, tmp_path, synthetic_shards, capsys,
+                                                     monkeypatch):
+    """Refused before anything is written or submitted (no --dry-run but one: the submission path); the
+    launcher's main() in this process (the command line's code, without an interpreter start per case)."""
     base = ["slurm", "--gpus-per-node", "0", "--config", "configs/ci.yaml", f"run.dir={tmp_path / 'run'}",
             f"data.synthetic={synthetic_shards}"]
     if "--nodes" not in args:
         base[1:1] = ["--nodes", "1"]
-    result = launch(*base, *args)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    monkeypatch.chdir(ROOT)
+    status = launch_main([*base, *args])
+    stderr = capsys.readouterr().err
+    assert status == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
     assert not (tmp_path / "run").exists()
 
 
