@@ -7,10 +7,15 @@
         --max-requeues 5 run.dir=/shared/runs/selfsup data.real=/shared/nyu data.synthetic=/shared/synth
     # print the batch script and the sbatch command only
     python -m launch slurm --nodes 2 --gpus-per-node 0 --config configs/ci.yaml --dry-run run.dir=runs/x ...
-    # a job array: one run dir per combination, RUN/run.seed-0, RUN/run.seed-1, ...
-    python -m launch slurm --nodes 1 --gpus-per-node 1 --config configs/ci.yaml --sweep run.seed=0,1,2 ...
+    # a job array: one run dir per combination, RUN/run.seed-0, RUN/run.seed-1, ..., at most 2 at once
+    python -m launch slurm --nodes 1 --gpus-per-node 1 --config configs/ci.yaml --sweep run.seed=0,1,2 \
+        --array-parallelism 2 ...
+    # site options, setup lines before srun, environment for the ranks
+    python -m launch slurm ... --sbatch qos=high --sbatch constraint=a100 --sbatch mem=0 \
+        --setup 'module load cuda/12.4' --setup 'source /shared/venv/bin/activate' --env NCCL_DEBUG=WARN
 
-A bad option or config key exits with status 2 and names the value.
+A bad option, config key or data path exits with status 2 and names the value; nothing is submitted.
+Options and dotted.key=value overrides may come in any order.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from launch.local import LocalOptions, run_local
 from launch.slurm import Signal, SlurmOptions, run_slurm
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and its subcommands' parsers."""
     parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,17 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--gpus-per-node", type=int, required=True,
                        help="GPUs per node; 0 runs CPU-only nodes with gloo (adds run.device=cpu)")
     slurm.add_argument("--nproc-per-node", type=int, help="ranks per node (default: the GPUs, or 1 on CPU nodes)")
-    slurm.add_argument("--cpus-per-node", type=int, help="CPUs of the one task per node (--cpus-per-task)")
+    slurm.add_argument("--cpus-per-node", type=int,
+                       help="CPUs of the one task per node (--cpus-per-task; default: per rank, 1 plus "
+                       "data.num_workers per data source)")
     slurm.add_argument("--partition", help="Slurm partition")
     slurm.add_argument("--account", help="Slurm account")
     slurm.add_argument("--time", help="time limit, HH:MM:SS or D-HH:MM:SS")
     slurm.add_argument("--job-name", default="sphere-hand", help="job name (default sphere-hand)")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch option, e.g. qos=high, constraint=a100, mem=0, exclusive "
+                       "(repeatable; the value is quoted)")
+    slurm.add_argument("--setup", action="append", default=[], metavar="LINE",
+                       help="a shell line the batch shell runs before srun, e.g. 'module load cuda' (repeatable)")
+    slurm.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                       help="an environment variable for the batch shell and every rank (repeatable)")
     slurm.add_argument("--container", help="pyxis image (srun --container-image) or an apptainer .sif file; "
                        "the run dir, the config's dir and the data dirs are mounted at their own paths")
     slurm.add_argument("--container-mount", action="append", default=[], dest="container_mounts",
                        metavar="SRC[:DST]", help="another mount into the container (repeatable)")
     slurm.add_argument("--max-requeues", type=int, default=3,
-                       help="requeue a preempted job at most this often (SLURM_RESTART_COUNT; default 3)")
+                       help="requeues after timeouts and after preemptions that saved no new checkpoint "
+                       "(default 3); preemptions after progress requeue without counting; see RUN/slurm/requeues.log")
     slurm.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts of crashed ranks per job")
     slurm.add_argument("--signal", default="USR2", choices=get_args(Signal),
                        help="signal Slurm sends the batch shell before the time limit (default USR2; "
@@ -69,16 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds before the time limit to send it (default 120)")
     slurm.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                        help="job array over values of a config key, one run dir each (repeatable: all combinations)")
+    slurm.add_argument("--array-parallelism", type=int, metavar="N",
+                       help="run at most N tasks of the --sweep array at once (--array=...%%N)")
     slurm.add_argument("--python", help="interpreter on the nodes (default: this one; `python` in a container)")
-    slurm.add_argument("--dry-run", action="store_true", help="write the script, print it and the sbatch "
-                       "command, submit nothing")
+    slurm.add_argument("--dry-run", action="store_true", help="check everything as a submission does, print "
+                       "the script and the sbatch command; write and submit nothing")
     slurm.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides")
-    return parser
+    return parser, {"local": local, "slurm": slurm}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Options and overrides in any order: a subcommand's parser reads intermixed arguments (argparse cannot
+    do that through subparsers)."""
+    parser, commands = build_parser()
+    if not argv or argv[0] not in commands:
+        return parser.parse_args(argv)
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         if args.command == "local":
             return run_local(LocalOptions(config=args.config, nproc=args.nproc, max_restarts=args.max_restarts,

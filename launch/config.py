@@ -1,7 +1,8 @@
-"""What the launcher needs to know of a run config: that it loads, and its run directory.
+"""What the launcher needs to know of a run config: that it loads and validates, and its run directory.
 
-Only :func:`train.config.load_config` is used (the trainer's own strict loader), so a typo in a key fails
-here, naming the key, before a job waits in a queue.
+Only :mod:`train.config` is used: the trainer's own strict loader and its :func:`~train.config.validate`
+(data paths and shard manifests, crop, prior file), so a typo in a key or a missing data dir fails here,
+with the trainer's one-line message, before a job waits in a queue.
 """
 
 from __future__ import annotations
@@ -11,29 +12,27 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.config import ConfigError, load_config
+from train.config import ConfigError, TrainConfig, load_config, validate
 
 
 class LaunchError(ValueError):
     """A bad launcher option or config; the message names the value."""
 
 
-def check_config(config: Path, overrides: list[str]) -> Path:
-    """Load ``config`` with ``overrides`` as the trainer will; return the absolute ``run.dir``."""
-    return load_run(config, overrides)[0]
-
-
-def load_run(config: Path, overrides: list[str]) -> tuple[Path, list[Path]]:
-    """The absolute ``run.dir`` and the data paths the config names (for container mounts)."""
+def load_run(config: Path, overrides: list[str]) -> TrainConfig:
+    """``config`` with ``overrides`` loaded and validated as the trainer will at its start."""
     for text in overrides:
         if "=" not in text:
             raise LaunchError(f"override {text!r} is not of the form dotted.key=value")
     try:
-        cfg = load_config(config, overrides)
+        return validate(load_config(config, overrides))
     except ConfigError as exc:
         raise LaunchError(str(exc)) from exc
-    data = [Path(p).absolute() for p in (cfg.data.real, cfg.data.synthetic) if p]
-    return Path(cfg.run.dir).absolute(), data
+
+
+def check_config(config: Path, overrides: list[str]) -> Path:
+    """Load and validate ``config`` with ``overrides``; return the absolute ``run.dir``."""
+    return Path(load_run(config, overrides).run.dir).absolute()
 
 
 @dataclass(frozen=True)
@@ -72,11 +71,12 @@ def sweep_runs(run_dir: Path, axes: list[SweepAxis]) -> list[tuple[Path, list[st
 
 
 def check_runs(config: Path, overrides: list[str], axes: list[SweepAxis]) -> list[tuple[Path, list[str]]]:
-    """Every combination's full override list (sweep values, then run.dir last), each loaded once."""
+    """Every combination's run dir and its overrides on top of ``overrides`` (sweep values, then run.dir
+    last), each combination loaded and validated once."""
     run_dir = check_config(config, overrides)
     out = []
     for sub_dir, sweep in sweep_runs(run_dir, axes):
-        full = [*(o for o in overrides if not o.startswith("run.dir=")), *sweep, f"run.dir={sub_dir}"]
-        check_config(config, full)
-        out.append((sub_dir, full))
+        extra = [*sweep, f"run.dir={sub_dir}"]
+        check_config(config, [*overrides, *extra])
+        out.append((sub_dir, extra))
     return out

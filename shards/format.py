@@ -24,6 +24,7 @@ import numpy as np
 
 from fileio import sha256_file, write_atomic, write_json_atomic
 from geometry import Crop
+from shards.sources import is_remote, member, open_source, read_bytes
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no per-sample checksums, no shard sizes in the manifest
@@ -183,18 +184,31 @@ def write_manifest(directory: Path, *, kind: str, keys: tuple[str, ...], records
     return manifest
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST_NAME
-    if not path.exists():
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a shard directory, local or remote (:mod:`shards.sources`)."""
+    path = member(directory, MANIFEST_NAME)
+    if is_remote(directory):
+        try:
+            text = read_bytes(path).decode()
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            raise ShardsError(f"{path}: cannot read the manifest ({error})") from None
+    elif not Path(path).exists():
         raise ShardsError(f"{path}: no manifest (not a shard directory, or its build did not finish)")
+    else:
+        text = Path(path).read_text()
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except json.JSONDecodeError as error:
         raise ShardsError(f"{path}: not valid JSON ({error})") from None
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ShardsError(f"{path}: format_version {manifest.get('format_version')!r}, "
                           f"this code reads {' and '.join(map(str, READABLE_VERSIONS))}")
     return manifest
+
+
+def has_manifest(directory: str | Path) -> bool:
+    """A remote source must have one (nothing else lists its shards); a local directory may lack it."""
+    return is_remote(directory) or (Path(directory) / MANIFEST_NAME).exists()
 
 
 def has_checksums(manifest: dict[str, Any]) -> bool:
@@ -214,13 +228,17 @@ def sample_count_problem(shard: str | Path, seen: int, expected: int | None) -> 
 def check_shard_files(directory: str | Path) -> dict[str, Any] | None:
     """Every shard the manifest lists exists, with the manifest's size (format 2); returns the manifest.
 
-    None for a directory without a manifest (assembled by hand: nothing to check against). Raises
+    None for a local directory without a manifest (assembled by hand: nothing to check against). Raises
     :class:`ShardsError` naming the first missing, empty or resized file: a run stops on it before training.
+    A remote source (:mod:`shards.sources`) is checked for its manifest only: its files cannot be listed
+    or sized without reading them (the reader still checks every sample's CRC and every shard's count).
     """
-    directory = Path(directory)
-    if not (directory / MANIFEST_NAME).exists():
+    if not has_manifest(directory):
         return None
     manifest = read_manifest(directory)
+    if is_remote(directory):
+        return manifest
+    directory = Path(directory)
     for shard in manifest.get("shards", []):
         path = directory / shard["name"]
         if not path.is_file():
@@ -237,11 +255,12 @@ def check_shard_files(directory: str | Path) -> dict[str, Any] | None:
 def read_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {entry: bytes}) per sample, reading every byte; raises tarfile.TarError/OSError if damaged.
 
+    ``path``: a local path or a remote URL (:mod:`shards.sources`), read as a stream in one pass.
     A damaged header after the first ends a tar silently (as tarfile reads it): compare the count with
     the manifest's to tell a complete shard from a cut-short one.
     """
     current, entries = None, {}
-    with tarfile.open(path, mode="r:") as tar:
+    with open_source(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -265,14 +284,13 @@ def read_crop(directory: str | Path) -> Crop:
     The manifest's build args when there is a manifest, else the first sample's ``meta.json`` (a split
     dir assembled by hand).
     """
-    directory = Path(directory)
-    if (directory / MANIFEST_NAME).exists():
+    if has_manifest(directory):
         manifest = read_manifest(directory)
-        source, values = directory / MANIFEST_NAME, manifest.get("args", {})
+        source, values = member(directory, MANIFEST_NAME), manifest.get("args", {})
         if manifest.get("kind") != "nyu":
             raise ShardsError(f"{source}: kind {manifest.get('kind')!r}, expected NYU shards ('nyu')")
     else:
-        source, values = _first_meta(directory)
+        source, values = _first_meta(Path(directory))
     try:
         return Crop(int(values["size"]), float(values["cube"]))
     except (KeyError, TypeError, ValueError):

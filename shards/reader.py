@@ -10,11 +10,16 @@ and the loader stops after exactly ``batches_per_epoch`` batches: every rank ste
 times, even with fewer shards than ranks x workers, because the resampled stream never runs dry.
 ``resampled=False`` reads each shard once in order (evaluation) and keeps the last partial batch.
 
+``source`` is a local shard directory, an ``http(s)://`` URL or a ``pipe:`` command (:mod:`shards.sources`):
+every shard and the manifest are opened with webdataset's openers and the tar is read as a stream, with the
+same checks; a remote source lists its shards in its manifest.
+
 Corrupt data (a failed checksum, a tar that is damaged or ends early): ``on_corrupt="error"`` raises
 :class:`shards.format.CorruptShardError` naming the shard and sample; ``"skip"`` drops the sample (or the
 rest of the shard), lists the drop in the next batch's ``__skipped__`` entry as (shard, key, samples,
 reason), and raises once more than ``max_corrupt_fraction`` of what a reader read was bad. Before
-reading, every shard of the manifest must exist with its size (:func:`shards.format.check_shard_files`).
+reading, every shard of the manifest must exist with its size (:func:`shards.format.check_shard_files`;
+a remote source's sizes are not checked before reading).
 
 The rank split comes from explicit ``rank``/``world_size`` arguments, else from torch.distributed when a
 process group is initialised, else there is none: exported ``RANK``/``WORLD_SIZE`` variables alone never
@@ -44,6 +49,7 @@ from torch.utils.data import IterableDataset
 from shards.format import (CHECKSUM_ENTRY, DECODABLE_EXTENSIONS, MANIFEST_NAME, CorruptShardError, ShardsError,
                            check_shard_files, has_checksums, read_tar_samples, sample_count_problem,
                            verify_checksums)
+from shards.sources import is_remote, member
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +108,16 @@ def resolve_rank_world(rank: int | None, world_size: int | None) -> tuple[int, i
     return rank, world_size
 
 
-def list_shards(source: str | Path) -> list[str]:
-    directory = Path(source)
-    shards = sorted(str(p) for p in directory.glob("shard-*.tar"))
+def list_shards(source: str | Path, manifest: dict[str, Any] | None) -> list[str]:
+    """The shard URLs of ``source``: the manifest's for a remote source, the directory's shard-*.tar files
+    for a local one."""
+    if is_remote(source):
+        assert manifest is not None  # check_shard_files reads a remote source's manifest or raises
+        shards = [member(source, shard["name"]) for shard in manifest.get("shards", [])]
+    else:
+        shards = sorted(str(p) for p in Path(source).glob("shard-*.tar"))
     if not shards:
-        raise ShardsError(f"{directory}: no shard-*.tar files (build them with `python -m shards nyu|synthetic`)")
+        raise ShardsError(f"{source}: no shard-*.tar files (build them with `python -m shards nyu|synthetic`)")
     return shards
 
 
@@ -300,10 +311,10 @@ def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int |
     if resampled and not batches_per_epoch:
         raise ValueError("resampled=True needs batches_per_epoch (the stream is endless)")
     manifest = check_shard_files(source)
-    urls = list_shards(source)
+    urls = list_shards(source, manifest)
     rank, world = resolve_rank_world(rank, world_size)
     ledger = CorruptionLedger(on_corrupt, max_corrupt_fraction)
-    expected, checksums = _expectations(Path(source), manifest)
+    expected, checksums = _expectations(str(source), manifest)
     checked = CheckedSamples(expected, ledger, checksums)
     epoch_stages: list[Any] = []
     if resampled:
@@ -326,16 +337,16 @@ def make_loader(source: str | Path, *, batch_size: int, batches_per_epoch: int |
     return ShardLoader(loader, epoch_stages, batches_per_epoch if resampled else None, ledger)
 
 
-def _expectations(directory: Path, manifest: dict[str, Any] | None) -> tuple[dict[str, int], bool | None]:
+def _expectations(directory: str, manifest: dict[str, Any] | None) -> tuple[dict[str, int], bool | None]:
     """(shard path -> sample count, checksums) for :class:`CheckedSamples`: format 2 checks every sample,
     format 1 none (one warning per directory), a directory without a manifest the samples that have one."""
     if manifest is None:
         return {}, None
-    expected = {str(directory / shard["name"]): int(shard["samples"]) for shard in manifest["shards"]}
+    expected = {member(directory, shard["name"]): int(shard["samples"]) for shard in manifest["shards"]}
     if has_checksums(manifest):
         return expected, True
-    if str(directory) not in _WARNED_UNCHECKED:
-        _WARNED_UNCHECKED.add(str(directory))
+    if directory not in _WARNED_UNCHECKED:
+        _WARNED_UNCHECKED.add(directory)
         log.warning("%s: shard format version 1 has no per-sample checksums: its samples are read unchecked "
-                    "(rebuild the shards with `python -m shards` for format 2)", directory / MANIFEST_NAME)
+                    "(rebuild the shards with `python -m shards` for format 2)", member(directory, MANIFEST_NAME))
     return expected, False

@@ -131,7 +131,7 @@ def test_resampled_ranks_take_disjoint_draws_of_one_shard_stream(synthetic_shard
     # than readers): ranks cannot own disjoint shard subsets. What holds instead: every rank sees the
     # same (seed, epoch) stream and takes every world-th draw, so within an epoch the ranks' draws
     # partition that one stream (no draw read twice, none skipped), and another epoch draws anew.
-    urls = list_shards(synthetic_shards)
+    urls = list_shards(synthetic_shards, None)
     world, per_rank = 3, 30
 
     def draws(rank: int, epoch: int) -> list[str]:

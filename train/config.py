@@ -23,6 +23,7 @@ import yaml
 
 from geometry import Crop
 from shards.format import ShardsError, check_crop, check_shard_files
+from shards.sources import is_remote, subdir
 from train.checkpoint import CheckpointConfig
 from train.data import NO_TRAINING_DATA, RUN_CROP, DataConfig, training_dirs
 from train.losses import FITTED_ENTRY, REAL_TERMS, SYNTHETIC_TERMS, LossConfig
@@ -77,11 +78,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not (cfg.data.has_synthetic or cfg.data.has_real):
         raise ConfigError(NO_TRAINING_DATA)
     for key, path in (("data.synthetic", cfg.data.synthetic), ("data.real", cfg.data.real), ("init", cfg.init)):
-        if path and not Path(path).exists():
+        if path and not is_remote(path) and not Path(path).exists():  # a URL's manifests are read below
             raise ConfigError(f"config key {key!r}: {path!r} does not exist")
-    if cfg.data.real and not (Path(cfg.data.real) / "train").is_dir():
+    local_real = cfg.data.real and not is_remote(cfg.data.real)
+    if local_real and not (Path(cfg.data.real) / "train").is_dir():
         raise ConfigError(f"config key 'data.real': {cfg.data.real!r} has no train/ split (NYU shards root)")
-    if cfg.data.real and cfg.eval.enabled and not (Path(cfg.data.real) / "test").is_dir():
+    if local_real and cfg.eval.enabled and not (Path(cfg.data.real) / "test").is_dir():
         raise ConfigError(f"config key 'data.real': {cfg.data.real!r} has no test/ split to evaluate on "
                           "(build it, or set eval.every=0 eval.at_start=false)")
     if cfg.data.real:
@@ -130,17 +132,17 @@ def _check_real_geometry(cfg: TrainConfig) -> None:
     splits = ["train", "test"] if cfg.eval.enabled else ["train"]
     for split in splits:
         try:
-            check_crop(Path(cfg.data.real) / split, cfg.crop, RUN_CROP)
+            check_crop(subdir(cfg.data.real, split), cfg.crop, RUN_CROP)
         except ShardsError as exc:
             raise ConfigError(f"config key 'data.real': {exc}") from exc
 
 
 def _check_fitted_targets(cfg: TrainConfig) -> None:
     """loss.fitted trains on the pseudo-labels of train.pseudo_labels: the real train split must carry them."""
-    split = Path(cfg.data.real) / "train"
+    split = subdir(cfg.data.real, "train")
     manifest = check_shard_files(split)
     if manifest is not None and FITTED_ENTRY not in manifest.get("keys", []):
-        raise ConfigError(f"config key 'loss.fitted.enabled': {str(split)!r} has no fitted pseudo-labels "
+        raise ConfigError(f"config key 'loss.fitted.enabled': {split!r} has no fitted pseudo-labels "
                           f"({FITTED_ENTRY}); make them with `python -m train.pseudo_labels --checkpoint RUN "
                           f"--data {cfg.data.real} --out DIR` and set data.real=DIR")
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Literal
 from geometry import Crop
 from shards.format import check_crop
 from shards.reader import SKIPPED_KEY, make_loader
+from shards.sources import is_remote, subdir
 from train.distributed import PREEMPTION_SIGNALS
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ NO_TRAINING_DATA = "no training data: set 'data.synthetic' and/or 'data.real' (w
 class DataConfig:
     """Shard sources and per-rank batch sizes."""
 
+    # Sources: a local dir, an http(s):// URL or a pipe: command (shards.sources), e.g. pipe:aws s3 cp s3://b/x/{} -
     real: str | None = None  # NYU shards root holding train/ and test/ (None: no real data, no real loss terms)
     synthetic: str | None = None  # synthetic pose shards dir (None: real-only fine-tuning)
     real_batch: int = 4  # real frames per rank and step (each frame gives 3 view images)
@@ -58,7 +60,7 @@ class BatchStream:
 
     def __init__(self, source: str | Path, *, batch_size: int, batches_per_epoch: int, num_workers: int,
                  seed: int, on_corrupt: Literal["error", "skip"] = "error", max_corrupt_fraction: float = 0.01) -> None:
-        if not Path(source).is_dir():
+        if not is_remote(source) and not Path(source).is_dir():
             raise FileNotFoundError(f"shard source {str(source)!r} is not a directory")
         self.source = str(source)
         self.batches_per_epoch = batches_per_epoch
@@ -111,11 +113,11 @@ class BatchStream:
                 log.warning("data.on_corrupt=skip: dropped %d sample(s) of %s: %s", samples, url, reason)
 
 
-def training_dirs(cfg: DataConfig, *, evaluating: bool) -> list[tuple[str, Path]]:
-    """(config key, shard dir) a run reads: the synthetic dir, NYU train/ and, evaluating, test/."""
-    dirs = [("data.synthetic", Path(cfg.synthetic))] if cfg.has_synthetic else []
+def training_dirs(cfg: DataConfig, *, evaluating: bool) -> list[tuple[str, str]]:
+    """(config key, shard source) a run reads: the synthetic dir, NYU train/ and, evaluating, test/."""
+    dirs = [("data.synthetic", str(cfg.synthetic))] if cfg.has_synthetic else []
     if cfg.real:
-        dirs += [("data.real", Path(cfg.real) / split) for split in (["train", "test"] if evaluating else ["train"])]
+        dirs += [("data.real", subdir(cfg.real, split)) for split in (["train", "test"] if evaluating else ["train"])]
     return dirs
 
 
@@ -128,8 +130,8 @@ def build_streams(cfg: DataConfig, *, crop: Crop, seed: int) -> tuple[BatchStrea
     if cfg.has_synthetic:
         synthetic = BatchStream(cfg.synthetic, batch_size=cfg.synthetic_batch, seed=seed, **common)
     if cfg.has_real:
-        check_crop(Path(cfg.real) / "train", crop, RUN_CROP)
-        real = BatchStream(Path(cfg.real) / "train", batch_size=cfg.real_batch, seed=seed + 1, **common)
+        check_crop(subdir(cfg.real, "train"), crop, RUN_CROP)
+        real = BatchStream(subdir(cfg.real, "train"), batch_size=cfg.real_batch, seed=seed + 1, **common)
     if synthetic is None and real is None:
         raise ValueError(NO_TRAINING_DATA)
     return synthetic, real

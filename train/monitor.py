@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,6 +21,7 @@ from geometry import Crop
 from hand.render import render_sphere_depth
 from shards.format import ShardsError
 from shards.reader import make_loader
+from shards.sources import subdir
 from train.distributed import PREEMPTION_SIGNALS, agree_on_error, all_gather_objects
 from train.predictions import collect_errors
 from train.scores import FrameErrors, compute_metrics, joint_errors, metric_scalars
@@ -62,7 +62,7 @@ class Evaluator:
     def __init__(self, *, real_root: str | None, synthetic: tuple[torch.Tensor, torch.Tensor] | None,
                  batch_size: int, real_batches: int | None, num_workers: int, device: torch.device,
                  rank: int, world_size: int) -> None:
-        self.real_test = Path(real_root) / "test" if real_root else None
+        self.real_test = subdir(real_root, "test") if real_root else None
         self.synthetic = synthetic  # (depth (N,1,S,S), keypoints (N,41,3)) rendered once, rank 0 only
         self.batch_size = batch_size
         # eval.real_batches caps the whole evaluation; each rank reads its share.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -40,10 +42,15 @@ def cluster(tmp_path_factory, request) -> Cluster:
     return c.start()
 
 
-def submit(cluster: Cluster, *args: str) -> tuple[str, str]:
-    cmd = [sys.executable, "-m", "launch", "slurm", "--config", "configs/ci.yaml", *args]
-    result = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"{cmd}\n{result.stdout}\n{result.stderr}"
+def launch_slurm(cluster: Cluster, *args: str, config: Path = ROOT / "configs" / "ci.yaml"
+                 ) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "launch", "slurm", "--config", str(config), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120)
+
+
+def submit(cluster: Cluster, *args: str, config: Path = ROOT / "configs" / "ci.yaml") -> tuple[str, str]:
+    result = launch_slurm(cluster, *args, config=config)
+    assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
     job = re.search(r"submitted job (\d+)", result.stdout)
     assert job, result.stdout
     return job.group(1), result.stdout
@@ -112,10 +119,10 @@ def test_two_node_job_trains_with_world_size_2(cluster, synthetic_shards, tmp_pa
 
 
 def preempted_job(cluster: Cluster, synthetic_shards: Path, run_dir: Path, *, nodes: int, max_requeues: int,
-                  steps: int, at_step: int) -> str:
+                  steps: int, at_step: int, options: tuple[str, ...] = ()) -> str:
     """Submit a CPU job that would not checkpoint by itself, and signal it as Slurm would at ``at_step``."""
     job, _ = submit(cluster, "--nodes", str(nodes), "--gpus-per-node", "0", "--max-requeues", str(max_requeues),
-                    f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}", f"run.steps={steps}",
+                    *options, f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}", f"run.steps={steps}",
                     f"checkpoint.every={5 * steps}", *TINY)
     wait_step(run_dir, at_step)
     cluster.run("scancel", "--batch", "--signal=USR2", job)  # what --signal=B:USR2@SECS delivers
@@ -123,8 +130,10 @@ def preempted_job(cluster: Cluster, synthetic_shards: Path, run_dir: Path, *, no
 
 
 def test_preempted_job_checkpoints_requeues_resumes_and_finishes(cluster, synthetic_shards, tmp_path):
+    """A preemption (the signal long before the time limit) after progress requeues without counting
+    toward --max-requeues: 0 here."""
     run_dir = tmp_path / "preempt"
-    job = preempted_job(cluster, synthetic_shards, run_dir, nodes=2, max_requeues=2, steps=40, at_step=10)
+    job = preempted_job(cluster, synthetic_shards, run_dir, nodes=2, max_requeues=0, steps=40, at_step=10)
     assert wait_done(cluster, job, [run_dir]) == "COMPLETED", logs([run_dir])
     assert job_field(cluster, job, "Restarts") == "1"
     saved = checkpoints(run_dir)
@@ -136,16 +145,52 @@ def test_preempted_job_checkpoints_requeues_resumes_and_finishes(cluster, synthe
     batch = (run_dir / "slurm" / f"batch-{job}.out").read_text()
     assert "requeueing job" in batch and "restart 1 on" in batch
     assert (run_dir / "slurm" / f"train-{job}-restart1-n2.log").is_file()
+    record = (run_dir / "slurm" / "requeues.log").read_text()
+    assert f"job={job} restart=0 kind=preemption checkpoint=step-{saved[0]:09d} counted=0" in record, record
 
 
 def test_job_at_max_requeues_is_not_requeued(cluster, synthetic_shards, tmp_path):
+    """A timeout (the signal within --signal-secs of the time limit) counts: at --max-requeues 0 no requeue."""
     run_dir = tmp_path / "capped"
-    job = preempted_job(cluster, synthetic_shards, run_dir, nodes=1, max_requeues=0, steps=200, at_step=5)
+    job = preempted_job(cluster, synthetic_shards, run_dir, nodes=1, max_requeues=0, steps=200, at_step=5,
+                        options=("--time", "3", "--signal-secs", "150"))
     assert wait_done(cluster, job, [run_dir]) == "FAILED"
     assert job_field(cluster, job, "Restarts") == "0" and job_field(cluster, job, "ExitCode") == "3:0"
     assert "--max-requeues 0 reached" in (run_dir / "slurm" / f"batch-{job}.out").read_text()
+    assert f"job={job} restart=0 kind=timeout" in (run_dir / "slurm" / "requeues.log").read_text()
     saved = checkpoints(run_dir)
     assert len(saved) == 1 and 5 <= saved[0] < 200, saved  # it still checkpointed before stopping
+
+
+def test_passthrough_reaches_the_job_which_trains_its_frozen_config(cluster, synthetic_shards, tmp_path):
+    """--sbatch, --setup and --env as the job sees them; the YAML edited right after submission changes
+    nothing the job trains (it reads the snapshot in RUN/slurm/)."""
+    config = tmp_path / "cfg" / "mine.yaml"
+    config.parent.mkdir()
+    shutil.copy(ROOT / "configs" / "ci.yaml", config)
+    run_dir = tmp_path / "passthrough"
+    marker = tmp_path / "setup ran"
+    job, _ = submit(cluster, "--nodes", "2", "--gpus-per-node", "0", f"data.synthetic={synthetic_shards}",
+                    "--sbatch", "comment=it's a #test", "--setup", f"echo \"$SLURM_JOB_ID\" > {shlex.quote(str(marker))}",
+                    "--env", "OMP_NUM_THREADS=2", f"run.dir={run_dir}", "run.steps=10", "checkpoint.every=10", *TINY,
+                    config=config)
+    config.write_text(config.read_text().replace("steps: 100", "steps: 3").replace("width: 32", "width: 8"))
+    assert wait_done(cluster, job, [run_dir]) == "COMPLETED", logs([run_dir])
+    assert job_field(cluster, job, "Comment") == "it's"  # scontrol prints the comment up to its first space
+    assert "Comment=it's a #test" in cluster.run("scontrol", "show", "job", job).stdout
+    assert marker.read_text().strip() == job
+    assert "env OMP_NUM_THREADS=2" in (run_dir / "env.log").read_text()  # through srun and torchrun to rank 0
+    assert logged_steps(run_dir)[-1] == 10 and checkpoints(run_dir) == [10]
+    assert "width: 16" in (run_dir / "config.yaml").read_text()  # TINY's model.width, not the edited file's
+
+
+def test_bad_data_path_is_refused_at_submission_without_a_job(cluster, tmp_path):
+    before = cluster.run("scontrol", "-o", "show", "job").stdout  # every job, finished ones too
+    result = launch_slurm(cluster, "--nodes", "1", "--gpus-per-node", "0", "data.synthetic=/nonexistent/synth",
+                          f"run.dir={tmp_path / 'bad'}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "error: config key 'data.synthetic': '/nonexistent/synth' does not exist\n"
+    assert cluster.run("scontrol", "-o", "show", "job").stdout == before and not (tmp_path / "bad").exists()
 
 
 def test_sweep_runs_an_array_task_per_value(cluster, synthetic_shards, tmp_path):
