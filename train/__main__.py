@@ -44,6 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value",
                         help="config overrides, e.g. run.steps=100 loss.projection.weight=0.5")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the config (every value, the data, run.dir, the device) and exit: 0 when a run "
+                             "would start, else 2 and the error; writes nothing")
     return parser.parse_args(argv)
 
 
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.check_config:
+        return 0
 
     try:  # before the rendezvous: a rank that cannot start must not leave its peers waiting in it
         env = get_dist_env()
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     group_usable = False  # every rank got here alive and in step (a clean end, or an error all agreed on)
     try:
-        run_dir = setup_run(cfg.run, dump_config(cfg), env)
+        run_dir = setup_run(cfg.run, env)
         trainer = Trainer(cfg, env, device, run_dir)
         finished = trainer.train()
         barrier()  # no rank tears the process group down while another still logs or evaluates

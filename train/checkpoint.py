@@ -30,7 +30,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from fileio import write_atomic
 from geometry import Crop
 from train.distributed import all_gather_objects, barrier
 from train.network import HourglassNet, NetworkConfig, build_network
-from train.schema import ConfigError, from_dict
+from train.schema import ConfigError, Range, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ def load_network(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
 class CheckpointConfig:
     """When checkpoints are written and how many stay."""
 
-    every: int = 500  # steps between checkpoints (the last step and a preemption always save; 0: only those)
-    keep: int = 3  # newest checkpoints kept on disk
+    every: Annotated[int, Range(ge=0)] = 500  # steps between checkpoints (the last step and a preemption always save; 0: only those)
+    keep: Annotated[int, Range(ge=1)] = 3  # newest checkpoints kept on disk
     resume: bool = True  # resume from the newest checkpoint in RUN/checkpoints when there is one
 
 

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from hand import HandModel
 from shards.format import ShardsError
 from train.checkpoint import Checkpointer
-from train.config import TrainConfig, active_losses
+from train.config import TrainConfig, active_losses, dump_config
 from train.data import build_streams
 from train.distributed import (DistEnv, PreemptionFlag, agree, agree_on_error, all_gather_floats, describe_process_group,
                                is_distributed)
@@ -30,6 +30,7 @@ from train.metrics import build_metrics_sink
 from train.monitor import ImageMaker, build_evaluator, step_images
 from train.network import NetworkOutput, build_network
 from train.optim import autocast, build_optimizer
+from train.run import record_start
 from train.schema import to_plain
 from train.synthesis import Synthesizer, held_out_batch
 from train.timing import SectionTimer, wait_for_device
@@ -189,6 +190,7 @@ class Trainer:
         """Run to ``run.steps``; False when stopped early (preemption or ``run.stop_at``), after a checkpoint."""
         cfg = self.cfg
         self.load()
+        record_start(self.run_dir, dump_config(cfg), self.env)  # accepted: the run's record may change now
         if self.step == 0 and cfg.eval.at_start:
             self.evaluate()
         while self.step < cfg.run.steps:

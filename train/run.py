@@ -1,7 +1,7 @@
 """The run: its config section (``run.*``) and a run directory that explains itself.
 
-At start rank 0 creates ``run.dir``, writes the resolved ``config.yaml`` and appends the environment and
-command line to ``env.log``; every rank logs to stderr, rank 0 also to ``train.log``; each rank seeds
+At start rank 0 creates ``run.dir``; once the run is accepted (resume or ``init`` checks passed) it writes
+the resolved ``config.yaml`` and appends the environment and command line to ``env.log``; every rank logs to stderr, rank 0 also to ``train.log``; each rank seeds
 with ``run.seed + rank``.
 """
 
@@ -16,12 +16,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
+from fileio import write_atomic
 from train.checkpoint import seed_everything
 from train.distributed import DistEnv
+from train.schema import Range
 
 
 @dataclass
@@ -29,23 +31,45 @@ class RunConfig:
     """Where the run lives and how long it lasts."""
 
     dir: str = "runs/default"  # run directory: config.yaml, checkpoints/, TensorBoard events, metrics.jsonl, logs
-    steps: int = 1000  # optimizer steps of the whole run (the lr schedule is laid out over these)
-    seed: int = 0  # base seed; each rank seeds with seed + rank
+    steps: Annotated[int, Range(ge=1)] = 1000  # optimizer steps of the whole run (the lr schedule is laid out over these)
+    seed: Annotated[int, Range(ge=0)] = 0  # base seed; each rank seeds with seed + rank
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: this rank's GPU if any, else the CPU
-    stop_at: int | None = None  # stop (checkpoint and exit 0) at this step without changing the schedule
+    stop_at: Annotated[int | None, Range(ge=0, off="null: run to run.steps")] = None  # stop (checkpoint and exit 0) at this step without changing the schedule
 
 
-def setup_run(cfg: RunConfig, resolved_config: str, env: DistEnv) -> Path:
-    """Create the run dir, write config.yaml and env.log (rank 0), set up logging, seed this rank."""
+def check_run_dir(cfg: RunConfig) -> None:
+    """``run.dir`` can hold a run: not a file, and it (or its nearest existing parent) a writable directory.
+    Raises ValueError starting with the key; creates nothing."""
+    path = Path(cfg.dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" (its parent {str(existing)!r} is a file)"
+        raise ValueError(f"'run.dir': {cfg.dir!r} is not a directory{where}")
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"'run.dir': {cfg.dir!r} cannot be written ({str(existing)!r} is "
+                         f"{'on a read-only filesystem' if read_only else 'not writable'})")
+
+
+def setup_run(cfg: RunConfig, env: DistEnv) -> Path:
+    """Create the run dir (rank 0), set up logging, seed this rank; nothing of the run is recorded yet."""
     run_dir = Path(cfg.dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(resolved_config)
-        with open(run_dir / "env.log", "a") as f:
-            f.write(describe_environment(env) + "\n")
     setup_logging(run_dir, env.rank)
     seed_everything(cfg.seed + env.rank)
     return run_dir
+
+
+def record_start(run_dir: Path, resolved_config: str, env: DistEnv) -> None:
+    """Rank 0 writes the resolved config.yaml and appends a start block to env.log: once the run is accepted
+    (config, resume or init checks passed), so that a refused start leaves the run's record as it was."""
+    if env.is_main:
+        write_atomic(run_dir / "config.yaml", lambda handle: handle.write(resolved_config.encode()))
+        with open(run_dir / "env.log", "a") as f:
+            f.write(describe_environment(env) + "\n")
 
 
 def setup_logging(run_dir: Path, rank: int) -> None:
