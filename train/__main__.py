@@ -17,8 +17,10 @@ Re-running the same command resumes from RUN/checkpoints. SIGTERM/SIGUSR1 make e
 next step, checkpoint and exit 0. A bad config key or value exits with status 2 and says which; so does
 an unusable checkpoint (init or resume: missing, unreadable, or of another model config), a rasterizer
 kernel that cannot run on the rank's CUDA device (unless synthesis.backend=torch), more ranks on a node
-than GPUs, and a corrupt shard (every rank stops at the same step with one line naming the shard;
-``data.on_corrupt=skip`` drops corrupt samples instead).
+than GPUs, a run.dir another live training holds (RUN/run.lock names it), and a corrupt shard (every rank stops at the same step with one line naming the shard;
+``data.on_corrupt=skip`` drops corrupt samples instead). A non-finite loss or gradient norm never updates
+the weights and no checkpoint with non-finite weights is written; ``optim.on_nonfinite=stop`` (the default)
+then exits with status 3 naming the step and the terms, ``skip`` goes on without that update.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from pathlib import Path
 from shards.format import ShardsError
 from train.checkpoint import CheckpointError
 from train.config import ConfigError, check_device, dump_config, load_config, validate
-from train.distributed import barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
+from train.distributed import agree_on_error, barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
 from train.loop import Trainer
-from train.run import setup_run
+from train.optim import DivergenceError
+from train.run import RunDirLocked, RunLock, setup_run
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -75,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer = None
     failed = False
     group_usable = False  # every rank got here alive and in step (a clean end, or an error all agreed on)
-    try:
+    lock = None
+    try:  # rank 0 holds the run dir's lock; every rank learns whether it got it
+        lock = agree_on_error(lambda: RunLock(Path(cfg.run.dir)).acquire() if env.is_main else None, RunDirLocked)
         run_dir = setup_run(cfg.run, env)
         trainer = Trainer(cfg, env, device, run_dir)
         finished = trainer.train()
@@ -83,15 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("train").info("%s at step %d", "finished" if finished else "stopped", trainer.step)
         group_usable = True
         return 0
-    except (CheckpointError, ShardsError) as exc:  # the same files on every rank, or agreed (Trainer.read_data)
+    except (CheckpointError, ShardsError, DivergenceError, RunDirLocked) as exc:  # the same on every rank, or agreed
         sys.stderr.write(f"error: {exc}\n")  # one write: the ranks share torchrun's stderr
         sys.stderr.flush()
-        group_usable = isinstance(exc, ShardsError) and trainer is not None
+        group_usable = isinstance(exc, RunDirLocked) or (
+            isinstance(exc, (ShardsError, DivergenceError)) and trainer is not None)
         failed = True
-        return 2
+        return 3 if isinstance(exc, DivergenceError) else 2
     finally:
         if trainer is not None:
             trainer.close()
+        if lock is not None:
+            lock.release()
         if failed:  # torchrun SIGTERMs the ranks still exiting once one has exited: let them end with status 2
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (SIG_IGN outlasts interpreter shutdown; a handler not)
         if group_usable:  # after a failure a peer may be gone: destroying the group could block

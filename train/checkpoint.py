@@ -39,6 +39,7 @@ from fileio import write_atomic
 from geometry import Crop
 from train.distributed import all_gather_objects, barrier
 from train.network import HourglassNet, NetworkConfig, build_network
+from train.optim import DivergenceError
 from train.schema import ConfigError, Range, from_dict
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,20 @@ def read_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS)
     if not isinstance(payload["model"], dict) or not isinstance(payload["config"], dict):
         raise CheckpointError(f"{path} is not a training checkpoint ('model' and 'config' must be dicts)")
     payload["model"] = {strip_wrappers(k): v for k, v in payload["model"].items()}
+    nonfinite = nonfinite_weights(payload["model"])
+    if nonfinite:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({', '.join(nonfinite[:3])}"
+                              f"{', ...' if len(nonfinite) > 3 else ''}): the run had diverged")
     return payload
+
+
+def nonfinite_weights(state: dict[str, Any]) -> list[str]:
+    """The keys of a state dict whose floating-point tensors hold NaN or inf."""
+    floats = [(key, value) for key, value in state.items() if torch.is_tensor(value) and value.is_floating_point()]
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(value).all() for _, value in floats]).tolist()
+    return [key for (key, _), ok in zip(floats, finite) if not ok]
 
 
 def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -242,6 +256,10 @@ class Checkpointer:
         """Write a checkpoint when due (collective: call on every rank at the same steps)."""
         if not self.should_save(step, last=last):
             return None
+        nonfinite = nonfinite_weights(self.states["model"].state_dict())  # the same weights on every rank
+        if nonfinite:
+            raise DivergenceError(f"step {step}: the weights are not finite ({', '.join(nonfinite[:3])}); no checkpoint "
+                                  f"written, the last good one stays in {self.directory}")
         rng = all_gather_objects(get_rng_state())
         path = checkpoint_path(self.directory, step)
         if self.rank == 0:
@@ -274,10 +292,15 @@ class Checkpointer:
         return step
 
     def _resume(self) -> int:
-        for step, path in reversed(list_checkpoints(self.directory)):
+        found = list_checkpoints(self.directory)
+        for step, path in reversed(found):
             try:
                 obj = read_checkpoint(path, ("step", *REQUIRED_KEYS))
             except CheckpointError as exc:  # a damaged file: fall back to the previous one
+                if (step, path) == found[0]:  # none usable: starting over would overwrite them at its first save
+                    raise CheckpointError(f"no usable checkpoint in {self.directory} ({len(found)} found; the oldest: "
+                                          f"{exc}); move them away to start afresh, or set checkpoint.resume=false "
+                                          "and a new run.dir") from None
                 log.warning("cannot read checkpoint %s (%s); trying an older one", path, exc)
                 continue
             check_network(obj, path, self.config.get("model") or {}, self.crop,

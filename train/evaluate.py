@@ -159,6 +159,10 @@ def evaluate_checkpoint(args: argparse.Namespace, parser: argparse.ArgumentParse
     collected = predictions.errors()
     if len(collected.errors) == 0:
         parser.exit(2, f"error: {args.data} holds no frames to evaluate\n")
+    unusable = int((~np.isfinite(collected.errors)).any(axis=-1).sum())
+    if unusable:  # a diverged network: its mean error would read "nan mm"
+        parser.exit(2, f"error: the network of {checkpoint} predicts non-finite joints for {unusable} of "
+                       f"{len(collected.errors)} frames of {args.data}\n")
     metrics = compute_metrics(collected)
     metrics["checkpoint"] = str(checkpoint)
     metrics["data"] = str(args.data)

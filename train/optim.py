@@ -24,6 +24,14 @@ class OptimConfig:
     decay_at: Annotated[list[float], Range(ge=0, le=1)] = field(default_factory=lambda: [1 / 3, 2 / 3])  # milestones, fractions of run.steps
     grad_clip: Annotated[float | None, Range(gt=0, off="null: no clipping")] = None  # clip the global gradient norm to this value (None: no clipping)
     amp: Literal["none", "bf16", "fp16"] = "none"  # bf16: autocast (GPU or CPU); fp16: autocast + grad scaler (GPU)
+    # A step whose loss or gradient norm is not finite never updates the weights; then stop the run (exit 3),
+    # or skip: go on without that update, stopping after nonfinite_patience such steps in a row.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    nonfinite_patience: Annotated[int, Range(ge=1)] = 3
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged: a non-finite loss, gradient norm or weights (every rank raises it at the same step)."""
 
 
 def lr_factor(step: int, steps: int, cfg: OptimConfig) -> float:
