@@ -37,6 +37,7 @@ from train.config import ConfigError, check_device, dump_config, load_config, va
 from train.distributed import agree_on_error, barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
 from train.loop import Trainer
 from train.optim import DivergenceError
+from train.prior import PriorFileError
 from train.run import RunDirLocked, RunLock, setup_run
 
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("train").info("%s at step %d", "finished" if finished else "stopped", trainer.step)
         group_usable = True
         return 0
-    except (CheckpointError, ShardsError, DivergenceError, RunDirLocked) as exc:  # the same on every rank, or agreed
+    except (CheckpointError, ShardsError, DivergenceError, RunDirLocked, PriorFileError) as exc:  # alike on every rank
         sys.stderr.write(f"error: {exc}\n")  # one write: the ranks share torchrun's stderr
         sys.stderr.flush()
         group_usable = isinstance(exc, RunDirLocked) or (

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from geometry import Crop
-from shards.format import ShardsError, check_crop, check_shard_files
+from shards.format import MANIFEST_NAME, ShardsError, check_crop, check_shard_files
 from train.checkpoint import CheckpointConfig
 from train.data import NO_TRAINING_DATA, RUN_CROP, DataConfig, training_dirs
 from train.losses import FITTED_ENTRY, REAL_TERMS, SYNTHETIC_TERMS, LossConfig
@@ -88,6 +88,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.has_real and active_losses(cfg).fitted.enabled:
         _check_fitted_targets(cfg)
     for key, directory in training_dirs(cfg.data, evaluating=cfg.eval.enabled):
+        _check_build_finished(key, directory)
         try:  # every shard of the manifest is there with its size, before any rank trains
             check_shard_files(directory)
         except ShardsError as exc:
@@ -130,6 +131,19 @@ def check_device(cfg: TrainConfig, device: torch.device) -> None:
             check_rasterizer(cfg.synthesis.backend, device)
         except ValueError as exc:
             raise ConfigError(f"config key 'synthesis.backend' ({cfg.synthesis.backend}): {exc}") from None
+
+
+BUILD_COMMANDS = {"data.synthetic": "python -m shards synthetic --out {directory} ...",
+                  "data.real": "python -m shards nyu --out {root} ... (or python -m train.pseudo_labels --out {root} ...)"}
+
+
+def _check_build_finished(key: str, directory: Path) -> None:
+    """Shards without a manifest are a build that did not finish (killed): training on them would read only the
+    shards written so far, silently."""
+    if not (directory / MANIFEST_NAME).exists() and any(directory.glob("shard-*.tar")):
+        command = BUILD_COMMANDS[key].format(directory=directory, root=directory.parent)
+        raise ConfigError(f"config key {key!r}: {directory} has shards but no {MANIFEST_NAME}: its build did not "
+                          f"finish; re-run the command that made it (`{command}`): it resumes")
 
 
 def _check_real_geometry(cfg: TrainConfig) -> None:
