@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from shards.format import ShardsError
-from train.checkpoint import CheckpointError
+from train.checkpoint import CheckpointError, CheckpointWriteError
 from train.config import ConfigError, check_device, dump_config, load_config, validate
 from train.distributed import agree_on_error, barrier, get_dist_env, select_device, setup_distributed, teardown_distributed
 from train.loop import Trainer
@@ -90,12 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         group_usable = True
         return 0
     except (CheckpointError, ShardsError, DivergenceError, RunDirLocked, PriorFileError) as exc:  # alike on every rank
-        sys.stderr.write(f"error: {exc}\n")  # one write: the ranks share torchrun's stderr
-        sys.stderr.flush()
-        group_usable = isinstance(exc, RunDirLocked) or (
+        # Agreed errors (every rank raised it at the same point of a collective): the group is in step, and
+        # rank 0 alone says it; other errors every rank says (the ranks share torchrun's stderr: one write each).
+        group_usable = isinstance(exc, (RunDirLocked, CheckpointWriteError)) or (
             isinstance(exc, (ShardsError, DivergenceError)) and trainer is not None)
+        if env.is_main or not group_usable:
+            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.flush()
         failed = True
         return 3 if isinstance(exc, DivergenceError) else 2
+    except OSError as exc:  # a run dir file rank 0 writes (log, metrics): disk full, read-only, permissions
+        sys.stderr.write(f"error: cannot write {exc.filename or cfg.run.dir}: {exc.strerror or exc}\n")
+        failed = True
+        return 2
     finally:
         if trainer is not None:
             trainer.close()

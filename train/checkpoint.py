@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -35,9 +36,9 @@ from typing import Annotated, Any, Protocol
 import numpy as np
 import torch
 
-from fileio import write_atomic
+from fileio import remove_temporaries, write_atomic
 from geometry import Crop
-from train.distributed import all_gather_objects, barrier
+from train.distributed import agree_on_error, all_gather_objects
 from train.network import HourglassNet, NetworkConfig, build_network
 from train.optim import DivergenceError
 from train.schema import ConfigError, Range, from_dict
@@ -53,6 +54,10 @@ DATA_POSITION_KEYS = ("batches_per_epoch", "synthetic_batch", "real_batch")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, not a training checkpoint, or of another model."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Rank 0 could not write a checkpoint (disk full, read-only, no permission); every rank raises it."""
 
 
 class CheckpointMissing(CheckpointError, FileNotFoundError):
@@ -262,17 +267,34 @@ class Checkpointer:
                                   f"written, the last good one stays in {self.directory}")
         rng = all_gather_objects(get_rng_state())
         path = checkpoint_path(self.directory, step)
-        if self.rank == 0:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        def write() -> None:  # rank 0
             obj = {"step": step, "config": self.config, "rng": rng, "world_size": self.world_size,
                    "data": {"step": step, "batches_per_epoch": self.batches_per_epoch}}
             obj.update({name: state.state_dict() for name, state in self.states.items()})
-            write_atomic(path, lambda handle: torch.save(obj, handle))
-            self._prune()
-            log.info("saved checkpoint %s", path)
-        barrier()  # no rank leaves (or exits) before the checkpoint is complete
+            self._write(path, obj)
+
+        # Every rank learns whether rank 0 could write it (disk full, read-only, permissions): one error line.
+        agree_on_error(lambda: write() if self.rank == 0 else None, CheckpointWriteError)
         self.last_saved = step
         return path
+
+    def _write(self, path: Path, obj: dict[str, Any]) -> None:
+        """Rank 0: the checkpoint file, atomically, then prune; an I/O failure as CheckpointWriteError."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda handle: torch.save(obj, handle))
+            self._prune()
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            detail = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+            previous = list_checkpoints(self.directory)
+            kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint"
+            try:
+                free = f"; {shutil.disk_usage(self.directory).free / 2**20:.0f} MiB free there"
+            except OSError:
+                free = ""
+            raise CheckpointWriteError(f"cannot write checkpoint {path} (the training state at step "
+                                       f"{obj['step']}): {detail}{free}; {kept}") from None
+        log.info("saved checkpoint %s", path)
 
     def _prune(self) -> None:
         for _, old in list_checkpoints(self.directory)[:-max(self.cfg.keep, 1)]:
@@ -286,6 +308,9 @@ class Checkpointer:
         Raises CheckpointError when a checkpoint holds another network (model section or crop), lacks a
         state, or ``init`` cannot be read.
         """
+        if self.rank == 0:  # this run's own directory (the run lock): any temporary is a killed save's
+            for stale in remove_temporaries(self.directory):
+                log.warning("removed %s, left by an interrupted save", stale)
         step = self._resume() if self.cfg.resume else 0
         if step == 0 and init:
             self._load_init(init)
