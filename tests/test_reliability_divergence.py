@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,17 @@ def test_skip_drops_one_injected_nonfinite_step_and_completes(synthetic_shards, 
     counts = {r["step"]: r["train/nonfinite_steps"] for r in records if "train/nonfinite_steps" in r}
     assert counts == {1: 0, 2: 0, 3: 0, 4: 1}  # counted at the next step's agreement
     assert trainer.step == 4
+
+
+def test_under_torchrun_every_rank_stops_at_the_same_step_and_rank_0_says_it(synthetic_shards, tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "train", "--config", CI, f"data.synthetic={synthetic_shards}", f"run.dir={run_dir}",
+                             *TINY, "optim.lr=1e9", "run.steps=20"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and re.match(r"error: training diverged at rank \d: step \d+: non-finite ", errors[0]), \
+        result.stderr[-3000:]
+    assert len(re.findall(r"exitcode\s+: 3 \(pid", result.stderr)) == 2, result.stderr[-3000:]  # both ranks exit 3
+    assert "File \"" + str(ROOT / "train") not in result.stderr
+    load_network(run_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -74,3 +75,19 @@ def test_stale_locks_are_taken_over_with_a_warning_and_live_ones_refused(tmp_pat
     finally:
         holder.release()
     assert not (tmp_path / "c" / "run.lock").exists()
+
+
+def test_under_torchrun_rank_0_checks_the_lock_and_every_rank_exits_2(synthetic_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    holder = RunLock(run_dir).acquire()  # a live training of this host: this test's process
+    try:
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "-m", "train", "--config", CI, f"data.synthetic={synthetic_shards}",
+                                 f"run.dir={run_dir}", *TINY], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.release()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and f"is in use by another training (host {socket.gethostname()}, pid {os.getpid()}" \
+        in errors[0], result.stderr[-3000:]
+    assert len(re.findall(r"exitcode\s+: 2 \(pid", result.stderr)) == 2, result.stderr[-3000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # nothing written: no log, no config, no lock left
