@@ -12,12 +12,21 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-__all__ = ["sha256_file", "temporary_name", "write_atomic", "write_json_atomic"]
+__all__ = ["remove_temporaries", "sha256_file", "temporary_name", "write_atomic", "write_json_atomic"]
 
 
 def temporary_name(path: Path) -> Path:
     """Where :func:`write_atomic` fills ``path`` before the rename: ``.NAME.tmp-PID`` beside it."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporary files (:func:`temporary_name`) a killed writer left in ``directory``; the removed
+    paths. Only for a directory no other process writes to now (a shard build's, a locked run's)."""
+    removed = sorted(Path(directory).glob(".*.tmp-*")) if Path(directory).is_dir() else []
+    for stale in removed:
+        stale.unlink(missing_ok=True)
+    return removed
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:

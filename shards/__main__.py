@@ -18,6 +18,7 @@ fit-poses fits the hand model to labelled joints (a pose bank for synthetic --po
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -118,7 +119,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Argument values that argparse's types cannot refuse, before any work: counts, and an --out that
+    can be written. Raises ShardsError naming the option."""
+    minimums = {"train": 0, "test": 0, "show": 0, "num_samples": 1, "samples_per_shard": 1, "workers": 1, "frames": 1}
+    for option, minimum in minimums.items():
+        value = getattr(args, option, None)
+        if value is not None and value < minimum:
+            raise ShardsError(f"--{option.replace('_', '-')} {value}: must be >= {minimum}")
+    if args.command != "inspect" and getattr(args, "out", None) is not None:
+        check_writable(args.out)
+
+
+def check_writable(out: Path) -> None:
+    """``out`` (a directory or a file to create) or its nearest existing parent can be written."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != out and not existing.is_dir():
+        raise ShardsError(f"--out {out}: {existing} is a file, not a directory")
+    directory = existing if existing.is_dir() else existing.parent
+    if os.statvfs(directory).f_flag & os.ST_RDONLY or not os.access(directory, os.W_OK | os.X_OK):
+        raise ShardsError(f"--out {out}: {directory} cannot be written (read-only or no permission)")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     if args.command == "fake-nyu":
         generate(args.out, FakeNyuConfig(train=args.train, test=args.test, seed=args.seed,
                                          label_noise_mm=args.label_noise, label_outliers=args.label_outliers,
@@ -171,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except ShardsError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full, read-only or no permission while writing
+        print(f"error: {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

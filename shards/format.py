@@ -261,18 +261,18 @@ def read_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
     """
     current, entries = None, {}
     with open_source(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
+        for tar_entry in tar:
+            if not tar_entry.isfile():
                 continue
-            key, _, name = Path(member.name).name.partition(".")
+            key, _, name = Path(tar_entry.name).name.partition(".")
             if key != current and current is not None:
                 yield current, entries
                 entries = {}
             current = key
-            handle = tar.extractfile(member)
+            handle = tar.extractfile(tar_entry)
             data = handle.read() if handle else b""
-            if len(data) != member.size:
-                raise tarfile.ReadError(f"entry {member.name} is cut short")
+            if len(data) != tar_entry.size:
+                raise tarfile.ReadError(f"entry {tar_entry.name} is cut short")
             entries[name] = data
     if current is not None:
         yield current, entries
@@ -314,12 +314,12 @@ def _first_meta(directory: Path) -> tuple[str, dict[str, Any]]:
     if not shards:
         raise ShardsError(f"{directory}: no {MANIFEST_NAME} and no shard-*.tar files")
     with tarfile.open(shards[0]) as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".meta.json"):
-                handle = tar.extractfile(member)
+        for tar_entry in tar:
+            if tar_entry.isfile() and tar_entry.name.endswith(".meta.json"):
+                handle = tar.extractfile(tar_entry)
                 assert handle is not None  # a regular file always has data
                 try:
-                    return f"{shards[0]}:{member.name}", json.loads(handle.read())
+                    return f"{shards[0]}:{tar_entry.name}", json.loads(handle.read())
                 except json.JSONDecodeError as error:
-                    raise ShardsError(f"{shards[0]}:{member.name}: not valid JSON ({error})") from None
+                    raise ShardsError(f"{shards[0]}:{tar_entry.name}: not valid JSON ({error})") from None
     raise ShardsError(f"{shards[0]}: no meta.json entry (not NYU shards?)")

@@ -149,11 +149,17 @@ def _frame_problem(split_dir: Path, labels: NyuLabels, frame: int, present: list
     return None
 
 
+DEPTH_PNG_MODE_NOTE = "Pillow's mode name: L 8-bit gray, I;16 16-bit gray, RGBA with alpha, P palette"
+
+
 def read_depth(path: Path) -> np.ndarray:
     """Depth PNG -> (480, 640) float32 mm, 0 where the sensor gave none."""
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode != "RGB":  # a grayscale PNG would decode as G = B = gray: silently wrong depth
+                raise BadInputError(path, f"is a {image.mode} image ({DEPTH_PNG_MODE_NOTE}); NYU depth PNGs are "
+                                          "3-channel 8-bit RGB with the depth in G (high byte) and B (low byte)")
             if image.size != (NYU_IMAGE_WIDTH, NYU_IMAGE_HEIGHT):
                 raise BadInputError(path, f"is {image.size[0]}x{image.size[1]}, expected "
                                           f"{NYU_IMAGE_WIDTH}x{NYU_IMAGE_HEIGHT}")

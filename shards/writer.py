@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from fileio import sha256_file, write_json_atomic
+from fileio import remove_temporaries, sha256_file, write_json_atomic
 from shards.format import FORMAT_VERSION, BadInputError, ShardRecord, ShardsError, shard_name, write_manifest, write_tar
 
 PROGRESS_NAME = ".progress.json"
@@ -72,8 +72,7 @@ def _run_item(index: int) -> ItemResult:
 def build(spec: BuildSpec, job: Job) -> dict[str, Any]:
     """Make every shard of ``spec`` not already complete; returns the manifest."""
     spec.directory.mkdir(parents=True, exist_ok=True)
-    for stale in spec.directory.glob(".shard-*.tar.tmp-*"):
-        stale.unlink()  # left by a killed build
+    remove_temporaries(spec.directory)  # shards and manifest a killed build left half-written
     num_shards = max(1, -(-spec.num_items // spec.per_shard))
     done = _load_progress(spec)
     todo = [s for s in range(num_shards) if shard_name(s) not in done]

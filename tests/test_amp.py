@@ -19,7 +19,7 @@ import torch
 
 import train.losses
 from geometry import Crop
-from train.config import dump_config, load_config, validate
+from train.config import load_config, validate
 from train.distributed import DistEnv
 from train.loop import Trainer
 from train.losses import Losses
@@ -57,7 +57,7 @@ def train_two_steps(cfg_path: Path, overrides: list[str]) -> dict[int, dict[str,
     """Trainer as ``python -m train`` builds it, one process on the CPU; the logged scalars by step."""
     cfg = validate(load_config(cfg_path, overrides))
     env = DistEnv(rank=0, world_size=1, local_rank=0)
-    trainer = Trainer(cfg, env, torch.device("cpu"), setup_run(cfg.run, dump_config(cfg), env))
+    trainer = Trainer(cfg, env, torch.device("cpu"), setup_run(cfg.run, env))
     try:
         assert trainer.train()
     finally:

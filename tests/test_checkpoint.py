@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from train.config import load_config
-from train.checkpoint import (CheckpointConfig, CheckpointError, Checkpointer, CheckpointMissing, list_checkpoints,
-                              read_checkpoint)
+from train.checkpoint import (CheckpointConfig, CheckpointError, Checkpointer, CheckpointMissing, CheckpointWriteError,
+                              list_checkpoints, read_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", save_half_then_fail)
     step(states)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(CheckpointWriteError, match="step-000000004.pt .*No space left on device.*step-000000002.pt is intact"):
         checkpointer.save(4)
     monkeypatch.setattr(torch, "save", real_save)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000002.pt"]  # no partial file, no temporary

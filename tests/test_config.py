@@ -168,7 +168,7 @@ def test_validate_checks_data_and_choices(tmp_path):
         validate(load_config(None, [f"data.synthetic={tmp_path / 'missing'}"]))
     with pytest.raises(ConfigError, match="'optim.amp'"):  # a choice typo fails before validate
         load_config(None, [f"data.synthetic={tmp_path}", "optim.amp=fp8"])
-    with pytest.raises(ConfigError, match="'run.steps' must be >= 1"):
+    with pytest.raises(ConfigError, match="'run.steps': 0 must be >= 1"):
         validate(load_config(None, [f"data.synthetic={tmp_path}", "run.steps=0"]))
     assert validate(load_config(None, [f"data.synthetic={tmp_path}"])).data.has_synthetic
 

@@ -8,6 +8,7 @@ import torch
 from geometry import Crop
 from train.network import (NetworkConfig, NetworkOutput, build_network, cell_centres, decode_joints,
                            spatial_softmax)
+from train.schema import from_dict
 
 TINY = NetworkConfig(stacks=1, width=16)
 
@@ -40,9 +41,9 @@ def test_bad_input_shape_is_named() -> None:
         net(torch.zeros(2, 64, 64))
 
 
-def test_bad_config_is_named() -> None:
-    with pytest.raises(ValueError, match="model.stacks"):
-        NetworkConfig(stacks=0)
+def test_bad_config_is_named() -> None:  # configs and checkpoint model sections load through train.schema
+    with pytest.raises(ValueError, match="'model.stacks': 0 must be >= 1"):
+        from_dict(NetworkConfig, {"stacks": 0}, prefix="model.")
 
 
 def test_soft_argmax_of_one_hot_heatmap_is_the_cell_centre() -> None:

@@ -28,18 +28,20 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import torch
 
-from fileio import write_atomic
+from fileio import remove_temporaries, write_atomic
 from geometry import Crop
-from train.distributed import all_gather_objects, barrier
+from train.distributed import agree_on_error, all_gather_objects
 from train.network import HourglassNet, NetworkConfig, build_network
-from train.schema import ConfigError, from_dict
+from train.optim import DivergenceError
+from train.schema import ConfigError, Range, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ DATA_POSITION_KEYS = ("batches_per_epoch", "synthetic_batch", "real_batch")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, not a training checkpoint, or of another model."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Rank 0 could not write a checkpoint (disk full, read-only, no permission); every rank raises it."""
 
 
 class CheckpointMissing(CheckpointError, FileNotFoundError):
@@ -86,7 +92,20 @@ def read_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS)
     if not isinstance(payload["model"], dict) or not isinstance(payload["config"], dict):
         raise CheckpointError(f"{path} is not a training checkpoint ('model' and 'config' must be dicts)")
     payload["model"] = {strip_wrappers(k): v for k, v in payload["model"].items()}
+    nonfinite = nonfinite_weights(payload["model"])
+    if nonfinite:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({', '.join(nonfinite[:3])}"
+                              f"{', ...' if len(nonfinite) > 3 else ''}): the run had diverged")
     return payload
+
+
+def nonfinite_weights(state: dict[str, Any]) -> list[str]:
+    """The keys of a state dict whose floating-point tensors hold NaN or inf."""
+    floats = [(key, value) for key, value in state.items() if torch.is_tensor(value) and value.is_floating_point()]
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(value).all() for _, value in floats]).tolist()
+    return [key for (key, _), ok in zip(floats, finite) if not ok]
 
 
 def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -151,8 +170,8 @@ def load_network(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
 class CheckpointConfig:
     """When checkpoints are written and how many stay."""
 
-    every: int = 500  # steps between checkpoints (the last step and a preemption always save; 0: only those)
-    keep: int = 3  # newest checkpoints kept on disk
+    every: Annotated[int, Range(ge=0)] = 500  # steps between checkpoints (the last step and a preemption always save; 0: only those)
+    keep: Annotated[int, Range(ge=1)] = 3  # newest checkpoints kept on disk
     resume: bool = True  # resume from the newest checkpoint in RUN/checkpoints when there is one
 
 
@@ -242,19 +261,40 @@ class Checkpointer:
         """Write a checkpoint when due (collective: call on every rank at the same steps)."""
         if not self.should_save(step, last=last):
             return None
+        nonfinite = nonfinite_weights(self.states["model"].state_dict())  # the same weights on every rank
+        if nonfinite:
+            raise DivergenceError(f"step {step}: the weights are not finite ({', '.join(nonfinite[:3])}); no checkpoint "
+                                  f"written, the last good one stays in {self.directory}")
         rng = all_gather_objects(get_rng_state())
         path = checkpoint_path(self.directory, step)
-        if self.rank == 0:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        def write() -> None:  # rank 0
             obj = {"step": step, "config": self.config, "rng": rng, "world_size": self.world_size,
                    "data": {"step": step, "batches_per_epoch": self.batches_per_epoch}}
             obj.update({name: state.state_dict() for name, state in self.states.items()})
-            write_atomic(path, lambda handle: torch.save(obj, handle))
-            self._prune()
-            log.info("saved checkpoint %s", path)
-        barrier()  # no rank leaves (or exits) before the checkpoint is complete
+            self._write(path, obj)
+
+        # Every rank learns whether rank 0 could write it (disk full, read-only, permissions): one error line.
+        agree_on_error(lambda: write() if self.rank == 0 else None, CheckpointWriteError)
         self.last_saved = step
         return path
+
+    def _write(self, path: Path, obj: dict[str, Any]) -> None:
+        """Rank 0: the checkpoint file, atomically, then prune; an I/O failure as CheckpointWriteError."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda handle: torch.save(obj, handle))
+            self._prune()
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            detail = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+            previous = list_checkpoints(self.directory)
+            kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint"
+            try:
+                free = f"; {shutil.disk_usage(self.directory).free / 2**20:.0f} MiB free there"
+            except OSError:
+                free = ""
+            raise CheckpointWriteError(f"cannot write checkpoint {path} (the training state at step "
+                                       f"{obj['step']}): {detail}{free}; {kept}") from None
+        log.info("saved checkpoint %s", path)
 
     def _prune(self) -> None:
         for _, old in list_checkpoints(self.directory)[:-max(self.cfg.keep, 1)]:
@@ -268,16 +308,24 @@ class Checkpointer:
         Raises CheckpointError when a checkpoint holds another network (model section or crop), lacks a
         state, or ``init`` cannot be read.
         """
+        if self.rank == 0:  # this run's own directory (the run lock): any temporary is a killed save's
+            for stale in remove_temporaries(self.directory):
+                log.warning("removed %s, left by an interrupted save", stale)
         step = self._resume() if self.cfg.resume else 0
         if step == 0 and init:
             self._load_init(init)
         return step
 
     def _resume(self) -> int:
-        for step, path in reversed(list_checkpoints(self.directory)):
+        found = list_checkpoints(self.directory)
+        for step, path in reversed(found):
             try:
                 obj = read_checkpoint(path, ("step", *REQUIRED_KEYS))
             except CheckpointError as exc:  # a damaged file: fall back to the previous one
+                if (step, path) == found[0]:  # none usable: starting over would overwrite them at its first save
+                    raise CheckpointError(f"no usable checkpoint in {self.directory} ({len(found)} found; the oldest: "
+                                          f"{exc}); move them away to start afresh, or set checkpoint.resume=false "
+                                          "and a new run.dir") from None
                 log.warning("cannot read checkpoint %s (%s); trying an older one", path, exc)
                 continue
             check_network(obj, path, self.config.get("model") or {}, self.crop,

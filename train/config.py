@@ -22,17 +22,17 @@ import torch
 import yaml
 
 from geometry import Crop
-from shards.format import ShardsError, check_crop, check_shard_files
+from shards.format import MANIFEST_NAME, ShardsError, check_crop, check_shard_files
 from shards.sources import is_remote, subdir
 from train.checkpoint import CheckpointConfig
 from train.data import NO_TRAINING_DATA, RUN_CROP, DataConfig, training_dirs
 from train.losses import FITTED_ENTRY, REAL_TERMS, SYNTHETIC_TERMS, LossConfig
 from train.metrics import MetricsConfig
 from train.monitor import EvalConfig
-from train.network import NetworkConfig
+from train.network import NetworkConfig, check_crop_fits
 from train.optim import OptimConfig
 from train.prior import check_prior_file
-from train.run import RunConfig
+from train.run import RunConfig, check_run_dir
 from train.schema import ConfigError, load_yaml, to_plain
 from train.synthesis import SynthesisConfig, backend_mismatch, check_rasterizer
 
@@ -72,9 +72,8 @@ def active_losses(cfg: TrainConfig) -> LossConfig:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Checks across keys that types alone cannot express; raises ConfigError naming the key."""
-    if cfg.run.steps < 1:
-        raise ConfigError(f"config key 'run.steps' must be >= 1, got {cfg.run.steps}")
+    """Checks across keys that types and ranges alone cannot express (:class:`train.schema.Range` checks
+    each field at load); raises ConfigError naming the key. Writes nothing."""
     if not (cfg.data.has_synthetic or cfg.data.has_real):
         raise ConfigError(NO_TRAINING_DATA)
     for key, path in (("data.synthetic", cfg.data.synthetic), ("data.real", cfg.data.real), ("init", cfg.init)):
@@ -90,9 +89,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check_real_geometry(cfg)
     if cfg.data.has_real and active_losses(cfg).fitted.enabled:
         _check_fitted_targets(cfg)
-    if not 0.0 <= cfg.data.max_corrupt_fraction < 1.0:
-        raise ConfigError(f"config key 'data.max_corrupt_fraction' must be in [0, 1), got {cfg.data.max_corrupt_fraction}")
     for key, directory in training_dirs(cfg.data, evaluating=cfg.eval.enabled):
+        _check_build_finished(key, directory)
         try:  # every shard of the manifest is there with its size, before any rank trains
             check_shard_files(directory)
         except ShardsError as exc:
@@ -102,10 +100,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             check_prior_file(cfg.loss.prior_path)
         except (ValueError, OSError) as exc:
             raise ConfigError(f"config key {exc}") from exc
-    for key in ("data.batches_per_epoch", "metrics.log_every", "eval.batch_size"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1")
+    try:
+        check_crop_fits(cfg.crop, cfg.model)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'crop.size': {exc}") from None
+    if cfg.loss.bone_min_ratio > cfg.loss.bone_max_ratio:
+        raise ConfigError(f"config key 'loss.bone_min_ratio': {cfg.loss.bone_min_ratio} is above "
+                          f"loss.bone_max_ratio {cfg.loss.bone_max_ratio}")
+    try:
+        check_run_dir(cfg.run)
+    except ValueError as exc:
+        raise ConfigError(f"config key {exc}") from None
+    if cfg.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'run.device': cuda, but CUDA is not available on this machine "
+                          "(set run.device=cpu or auto)")
     _check_backend_device(cfg)
     return cfg
 
@@ -125,6 +133,22 @@ def check_device(cfg: TrainConfig, device: torch.device) -> None:
             check_rasterizer(cfg.synthesis.backend, device)
         except ValueError as exc:
             raise ConfigError(f"config key 'synthesis.backend' ({cfg.synthesis.backend}): {exc}") from None
+
+
+BUILD_COMMANDS = {"data.synthetic": "python -m shards synthetic --out {directory} ...",
+                  "data.real": "python -m shards nyu --out {root} ... (or python -m train.pseudo_labels --out {root} ...)"}
+
+
+def _check_build_finished(key: str, source: str) -> None:
+    """Shards without a manifest are a build that did not finish (killed): training on them would read only the
+    shards written so far, silently. (A remote source without a manifest is refused when it is read.)"""
+    if is_remote(source):
+        return
+    directory = Path(source)
+    if not (directory / MANIFEST_NAME).exists() and any(directory.glob("shard-*.tar")):
+        command = BUILD_COMMANDS[key].format(directory=directory, root=directory.parent)
+        raise ConfigError(f"config key {key!r}: {directory} has shards but no {MANIFEST_NAME}: its build did not "
+                          f"finish; re-run the command that made it (`{command}`): it resumes")
 
 
 def _check_real_geometry(cfg: TrainConfig) -> None:

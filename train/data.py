@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 from geometry import Crop
 from shards.format import check_crop
 from shards.reader import SKIPPED_KEY, make_loader
 from shards.sources import is_remote, subdir
 from train.distributed import PREEMPTION_SIGNALS
+from train.schema import Range
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,12 @@ class DataConfig:
     # Sources: a local dir, an http(s):// URL or a pipe: command (shards.sources), e.g. pipe:aws s3 cp s3://b/x/{} -
     real: str | None = None  # NYU shards root holding train/ and test/ (None: no real data, no real loss terms)
     synthetic: str | None = None  # synthetic pose shards dir (None: real-only fine-tuning)
-    real_batch: int = 4  # real frames per rank and step (each frame gives 3 view images)
-    synthetic_batch: int = 16  # synthetic samples per rank and step
-    batches_per_epoch: int = 500  # batches per loader epoch and rank; resume reopens the epoch and skips
-    num_workers: int = 2  # loader worker processes per rank and source
+    real_batch: Annotated[int, Range(ge=0)] = 4  # real frames per rank and step (each frame gives 3 view images)
+    synthetic_batch: Annotated[int, Range(ge=0)] = 16  # synthetic samples per rank and step
+    batches_per_epoch: Annotated[int, Range(ge=1)] = 500  # batches per loader epoch and rank; resume reopens the epoch and skips
+    num_workers: Annotated[int, Range(ge=0)] = 2  # loader worker processes per rank and source
     on_corrupt: Literal["error", "skip"] = "error"  # a corrupt sample/shard: stop the run, or drop it and go on
-    max_corrupt_fraction: float = 0.01  # skip: stop once more than this fraction of what a reader read is bad
+    max_corrupt_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.01  # skip: stop once more than this fraction of what a reader read is bad
 
     @property
     def has_real(self) -> bool:

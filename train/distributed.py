@@ -235,21 +235,26 @@ def all_gather_objects(obj: object) -> list[object]:
     return out
 
 
-def agree(stop: bool, message: str | None) -> tuple[bool, str | None]:
-    """Collective, one all-reduce: whether any rank asks to ``stop`` (a preemption signal), and the first
-    failing rank's ``message`` as ``"rank K: message"`` on every rank, or None.
+def agree(stop: bool, message: str | None, nonfinite: str | None = None) -> tuple[bool, str | None, str | None]:
+    """Collective, one all-reduce: whether any rank asks to ``stop`` (a preemption signal), the first
+    failing rank's ``message`` as ``"rank K: message"`` on every rank, or None, and the same for the first
+    rank that reports a ``nonfinite`` step (the divergence guard of train.loop).
 
     A rank-local failure (a corrupt shard one rank read) must stop every rank at the same point: a rank
     that raised alone would leave its peers blocked in the next collective until the timeout. The messages
     are gathered (a second collective) only when a rank failed.
     """
     if not is_distributed():
-        return stop, message
-    any_stop, any_failed = all_reduce_max([float(stop), float(message is not None)])
-    if not any_failed:
-        return any_stop > 0, None
-    failed = [(rank, text) for rank, text in enumerate(all_gather_objects(message)) if text is not None]
-    return any_stop > 0, f"rank {failed[0][0]}: {failed[0][1]}"
+        return stop, message, nonfinite
+    any_stop, any_failed, any_nonfinite = all_reduce_max([float(stop), float(message is not None),
+                                                          float(nonfinite is not None)])
+    return any_stop > 0, _first(message) if any_failed else None, _first(nonfinite) if any_nonfinite else None
+
+
+def _first(text: str | None) -> str:
+    """Collective: ``"rank K: text"`` of the first rank whose ``text`` is not None."""
+    reports = [(rank, report) for rank, report in enumerate(all_gather_objects(text)) if report is not None]
+    return f"rank {reports[0][0]}: {reports[0][1]}"
 
 
 def agree_on_error(work: Callable[[], T], error: type[Exception]) -> T:
@@ -261,7 +266,7 @@ def agree_on_error(work: Callable[[], T], error: type[Exception]) -> T:
         value = work()
     except error as exc:
         problem = str(exc)
-    _, message = agree(False, problem)
+    _, message, _ = agree(False, problem)
     if message is not None:
         raise error(message)
     return value  # type: ignore[return-value]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shards.format import BadInputError, ShardsError, check_crop
+from shards.format import BadInputError, ShardsError, check_crop, check_shard_files
 from shards.nyu_protocol import read_labels, read_results, uvd_to_xyz
 from shards.reader import make_loader
 from train.checkpoint import load_network, resolve_checkpoint
@@ -147,6 +147,10 @@ def evaluate_checkpoint(args: argparse.Namespace, parser: argparse.ArgumentParse
     try:  # the user's inputs: a checkpoint (file or run dir) and a shard dir cut at the network's crop
         checkpoint = resolve_checkpoint(args.checkpoint)
         net, crop, _ = load_network(checkpoint, args.device)
+        kind = (check_shard_files(args.data) or {}).get("kind", "nyu")
+        if kind != "nyu":  # synthetic shards hold poses, not depth frames with labels
+            raise ShardsError(f"--data {args.data} holds {kind} shards; evaluation needs an NYU split "
+                              "(python -m shards nyu: OUT/test)")
         check_crop(args.data, crop, f"the network of {checkpoint}")
         loader = make_loader(args.data, batch_size=args.batch_size, batches_per_epoch=None,
                              num_workers=args.num_workers, resampled=False)
@@ -159,6 +163,10 @@ def evaluate_checkpoint(args: argparse.Namespace, parser: argparse.ArgumentParse
     collected = predictions.errors()
     if len(collected.errors) == 0:
         parser.exit(2, f"error: {args.data} holds no frames to evaluate\n")
+    unusable = int((~np.isfinite(collected.errors)).any(axis=-1).sum())
+    if unusable:  # a diverged network: its mean error would read "nan mm"
+        parser.exit(2, f"error: the network of {checkpoint} predicts non-finite joints for {unusable} of "
+                       f"{len(collected.errors)} frames of {args.data}\n")
     metrics = compute_metrics(collected)
     metrics["checkpoint"] = str(checkpoint)
     metrics["data"] = str(args.data)

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from hand import HandModel
 from shards.format import ShardsError
 from train.checkpoint import Checkpointer
-from train.config import TrainConfig, active_losses
+from train.config import TrainConfig, active_losses, dump_config
 from train.data import build_streams
 from train.distributed import (DistEnv, PreemptionFlag, agree, agree_on_error, all_gather_floats, describe_process_group,
                                is_distributed)
@@ -29,7 +29,8 @@ from train.losses import Losses, build_losses
 from train.metrics import build_metrics_sink
 from train.monitor import ImageMaker, build_evaluator, step_images
 from train.network import NetworkOutput, build_network
-from train.optim import autocast, build_optimizer
+from train.optim import DivergenceError, autocast, build_optimizer
+from train.run import record_start
 from train.schema import to_plain
 from train.synthesis import Synthesizer, held_out_batch
 from train.timing import SectionTimer, wait_for_device
@@ -42,6 +43,15 @@ class StepResult:
     loss: torch.Tensor  # detached total loss
     terms: dict[str, torch.Tensor]  # detached weighted terms
     output: NetworkOutput
+    nonfinite: list[str] = field(default_factory=list)  # this rank's non-finite terms ("gradient norm"): [] if finite
+
+
+def gradient_norm(model: nn.Module, grad_clip: float | None) -> torch.Tensor:
+    """The global gradient norm (after DDP's reduction: the same on every rank), clipped to ``grad_clip``."""
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip is not None:
+        return nn.utils.clip_grad_norm_(parameters, grad_clip)
+    return nn.utils.get_total_norm([p.grad for p in parameters])
 
 
 def train_step(model: nn.Module, losses: Losses, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -52,6 +62,10 @@ def train_step(model: nn.Module, losses: Losses, optimizer: torch.optim.Optimize
 
     One forward over the concatenated images keeps DDP to one gradient reduction per step. Every loss
     term is a batch mean, so DDP's gradient average over ranks equals one rank on the union batch.
+
+    A non-finite gradient norm drops the update (the norm is the reduced one, so every rank drops it; under
+    fp16 the grad scaler does that itself); ``nonfinite`` names what was not finite on this rank. Reading the
+    two numbers waits for the device once per step: the price of never stepping on non-finite gradients.
     """
     device = next(model.parameters()).device
     parts = []
@@ -76,13 +90,17 @@ def train_step(model: nn.Module, losses: Losses, optimizer: torch.optim.Optimize
     loss = torch.stack(list(terms.values())).sum()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+    scaler.unscale_(optimizer)
+    norm = gradient_norm(model, grad_clip)
+    loss_finite, norm_finite = torch.isfinite(torch.stack([loss.detach(), norm.to(loss.device)])).tolist()
+    norm_finite = norm_finite or scaler.is_enabled()  # fp16: the scaler skips such a step and lowers its scale
+    if norm_finite:
+        scaler.step(optimizer)
+        scaler.update()
     scheduler.step()
-    return StepResult(loss.detach(), {k: v.detach() for k, v in terms.items()}, output)
+    nonfinite = [] if loss_finite and norm_finite else (
+        [name for name, value in terms.items() if not torch.isfinite(value)] + ([] if norm_finite else ["gradient norm"]))
+    return StepResult(loss.detach(), {k: v.detach() for k, v in terms.items()}, output, nonfinite)
 
 
 @dataclass
@@ -172,6 +190,9 @@ class Trainer:
         self.render_timer = SectionTimer(device)
         self.step = 0
         self.skipped = 0.0  # corrupt samples dropped over all ranks (data.on_corrupt=skip), as last logged
+        self.nonfinite: str | None = None  # this rank's non-finite step, for the next agreement
+        self.nonfinite_steps = 0  # steps without an update (optim.on_nonfinite=skip) since this start
+        self.nonfinite_in_a_row = 0
 
     def load(self) -> None:
         """Resume from the newest checkpoint of the run, else start from ``init`` weights (if set); position
@@ -189,6 +210,7 @@ class Trainer:
         """Run to ``run.steps``; False when stopped early (preemption or ``run.stop_at``), after a checkpoint."""
         cfg = self.cfg
         self.load()
+        record_start(self.run_dir, dump_config(cfg), self.env)  # accepted: the run's record may change now
         if self.step == 0 and cfg.eval.at_start:
             self.evaluate()
         while self.step < cfg.run.steps:
@@ -206,6 +228,7 @@ class Trainer:
             if evaluating:
                 self.evaluate()
             self.log(*stepped)
+        self.agree_step(stop=False, problem=None)  # the last step's non-finite loss, if any
         if cfg.data.on_corrupt == "skip":
             log.info("data.on_corrupt=skip: %d corrupt sample(s) skipped over all ranks (data/skipped_samples)",
                      self.skipped)
@@ -220,15 +243,18 @@ class Trainer:
         result = train_step(self.model, self.losses, self.optimizer, self.scheduler, self.scaler,
                             synthetic=batch.synthetic, real=batch.real, step=self.step, amp=self.cfg.optim.amp,
                             grad_clip=self.cfg.optim.grad_clip)
+        if result.nonfinite:  # told to every rank by the next step's agreement
+            self.nonfinite = f"step {self.step + 1}: non-finite {', '.join(result.nonfinite)}"
         self.window.add(result, batch, time.perf_counter() - start)
         return batch, result
 
     def next_batch(self) -> Batch | None:
         """The next batch of each stream, the synthetic one rendered; None when any rank was preempted.
 
-        One collective per step (:func:`agree`) tells every rank both whether a rank received a preemption
-        signal and whether a rank's read failed (a corrupt shard: every rank raises ShardsError with its
-        message). The batch read before a stop is not consumed: a resumed run reads it at the same step.
+        One collective per step (:meth:`agree_step`) tells every rank whether a rank received a preemption
+        signal, whether a rank's read failed (a corrupt shard: every rank raises ShardsError with its
+        message) and whether the previous step was non-finite on a rank. The batch read before a stop is not
+        consumed: a resumed run reads it at the same step.
         """
         start = time.perf_counter()
         synthetic = real = problem = None
@@ -237,15 +263,36 @@ class Trainer:
             real = self.real_stream.next() if self.real_stream else None
         except ShardsError as exc:
             problem = str(exc)
-        stop, error = agree(self.preemption.received is not None, problem)
-        if error is not None:
-            raise ShardsError(error)
-        if stop:
+        if self.agree_step(self.preemption.received is not None, problem):
             return None
         data_wait = time.perf_counter() - start
         with self.render_timer():
             rendered = self.synthesizer(synthetic) if synthetic is not None else None
         return Batch(rendered, real, data_wait=data_wait)
+
+    def agree_step(self, stop: bool, problem: str | None) -> bool:
+        """The step's one collective (:func:`agree`): whether any rank stops; raises ShardsError for a rank's
+        read error and DivergenceError for a non-finite step under ``optim.on_nonfinite=stop`` (or too many
+        in a row under ``skip``), on every rank alike."""
+        stop, error, nonfinite = agree(stop, problem, self.nonfinite)
+        self.nonfinite = None
+        if error is not None:
+            raise ShardsError(error)
+        if nonfinite is None:
+            self.nonfinite_in_a_row = 0
+            return stop
+        cfg = self.cfg.optim
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        if cfg.on_nonfinite == "stop" or self.nonfinite_in_a_row >= cfg.nonfinite_patience:
+            why = ("optim.on_nonfinite=stop" if cfg.on_nonfinite == "stop" else
+                   f"{self.nonfinite_in_a_row} non-finite steps in a row (optim.nonfinite_patience)")
+            raise DivergenceError(f"training diverged at {nonfinite} ({why}); its update was not applied and no "
+                                  f"checkpoint holds non-finite weights: lower optim.lr or set optim.grad_clip, "
+                                  f"then resume from {self.checkpointer.directory}")
+        log.warning("skipped the update of %s (optim.on_nonfinite=skip; %d in a row)", nonfinite,
+                    self.nonfinite_in_a_row)
+        return stop
 
     def evaluate(self) -> None:
         """Collective: every rank evaluates its share; rank 0 logs."""
@@ -279,6 +326,7 @@ class Trainer:
         values["data/skipped_samples"] = self.skipped = skipped
         values["train/samples_per_s"] = sum(r["samples_per_s"] for r in ranks)
         values["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        values["train/nonfinite_steps"] = self.nonfinite_steps  # updates dropped since this start (the same on every rank)
         values.update({f"train/samples_per_s/rank{k}": r["samples_per_s"] for k, r in enumerate(ranks)})
         self.metrics.scalars(self.step, values)
         self.window = Window()

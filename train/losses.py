@@ -46,7 +46,7 @@ Definitions (``r`` = model sphere radii, ``d`` = distances between sphere centre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Callable, Literal
 
 import torch
 from torch import nn
@@ -56,6 +56,7 @@ from geometry import Crop, invert_transform, transform_points
 from renderer_cuda import render_spheres
 from train.network import NetworkOutput
 from train.prior import load_prior, prior_inputs
+from train.schema import Range
 
 if TYPE_CHECKING:  # only for annotations: the hand package is passed in by the caller
     from hand import HandModel
@@ -71,7 +72,7 @@ HandSize = Literal["template", "predicted"]
 class TermConfig:
     """One loss term's switch and weight."""
 
-    weight: float  # multiplies the unweighted term
+    weight: Annotated[float, Range(ge=0)]  # multiplies the unweighted term
     enabled: bool = True  # False: the term is neither computed nor returned
 
 
@@ -94,21 +95,21 @@ class LossConfig:
     supervised: TermConfig = field(default_factory=lambda: TermConfig(0.1, enabled=False))  # labelled real joints
     fitted: TermConfig = field(default_factory=lambda: TermConfig(0.1, enabled=False))  # fitted pseudo-labels
     prior_path: str | None = None  # pose VAE file written by `python -m train.prior`
-    heatmap_sigma_cells: float = 1.0  # std of the synthetic Gaussian heatmap targets, heatmap cells
-    projection_data_scale: float = 500.0  # data-to-model cost per mm of distance to the nearest sphere surface
+    heatmap_sigma_cells: Annotated[float, Range(gt=0)] = 1.0  # std of the synthetic Gaussian heatmap targets, heatmap cells
+    projection_data_scale: Annotated[float, Range(ge=0)] = 500.0  # data-to-model cost per mm of distance to the nearest sphere surface
     # Data-to-model distances are clipped here: observed depth farther from every sphere (the forearm,
     # clutter) costs a constant and pulls nothing. The reference clips at 50 mm; at 50 the forearm drags
     # the fit off the hand (the fitting test), so the default is 20.
-    projection_max_distance_mm: float = 20.0
+    projection_max_distance_mm: Annotated[float, Range(gt=0)] = 20.0
     projection_pairs: ProjectionPairs = "schedule"  # view pairs: all 3 x 3 in the consistency phase, then same-view
     # Sphere radii (projection) and bone lengths (bone_length) at the template's size (the reference) or
     # scaled to each predicted hand (HandSizer).
     hand_size: HandSize = "template"
-    consistency_steps: int = 1500  # consistency is active for the first this many steps of each epoch
+    consistency_steps: Annotated[int, Range(ge=0)] = 1500  # consistency is active for the first this many steps of each epoch
     epoch_steps: int = 2910  # steps per epoch (reference: 72,757 frames / 25); <= 0: consistency always on
-    collision_tolerance_mm: float = 6.0  # sphere interpenetration allowed before collision costs
-    bone_min_ratio: float = 0.80  # rigid pairs shorter than this times their template length cost
-    bone_max_ratio: float = 1.05  # rigid pairs longer than this times their template length cost
+    collision_tolerance_mm: Annotated[float, Range(ge=0)] = 6.0  # sphere interpenetration allowed before collision costs
+    bone_min_ratio: Annotated[float, Range(gt=0)] = 0.80  # rigid pairs shorter than this times their template length cost
+    bone_max_ratio: Annotated[float, Range(gt=0)] = 1.05  # rigid pairs longer than this times their template length cost
 
     def terms(self) -> dict[str, TermConfig]:
         return {name: getattr(self, name) for name in SYNTHETIC_TERMS + REAL_TERMS}

@@ -12,17 +12,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Annotated, Protocol, TextIO
 
 import numpy as np
+
+from train.schema import Range
 
 
 @dataclass
 class MetricsConfig:
     """What is logged and how often."""
 
-    log_every: int = 10  # steps between scalar logs (console, metrics.jsonl, TensorBoard)
-    image_every: int = 100  # steps between TensorBoard images (0: never)
+    log_every: Annotated[int, Range(ge=1)] = 10  # steps between scalar logs (console, metrics.jsonl, TensorBoard)
+    image_every: Annotated[int, Range(ge=0)] = 100  # steps between TensorBoard images (0: never)
     tensorboard: bool = True  # write TensorBoard events to the run directory
     console: bool = True  # print one line per log step
 

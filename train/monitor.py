@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
 import torch
@@ -24,18 +24,19 @@ from shards.reader import make_loader
 from shards.sources import subdir
 from train.distributed import PREEMPTION_SIGNALS, agree_on_error, all_gather_objects
 from train.predictions import collect_errors
+from train.schema import Range
 from train.scores import FrameErrors, compute_metrics, joint_errors, metric_scalars
 
 @dataclass
 class EvalConfig:
     """Evaluation during training, logged as eval/mean_error_mm."""
 
-    every: int = 500  # steps between evaluations (0: never); the first evaluation is at step 0 of a fresh run
+    every: Annotated[int, Range(ge=0)] = 500  # steps between evaluations (0: never); the first evaluation is at step 0 of a fresh run
     at_start: bool = True  # evaluate the untrained (or init) network before the first step
-    real_batches: int | None = 8  # batches of data.real/test per evaluation (None: the whole split)
-    batch_size: int = 16  # frames per evaluation batch
-    synthetic_samples: int = 64  # held-out synthetic samples rendered once (synthetic-only runs)
-    synthetic_seed: int = 12345  # seed of the held-out synthetic set (disjoint from the shard seeds)
+    real_batches: Annotated[int | None, Range(ge=1, off="null: the whole split")] = 8  # batches of data.real/test per evaluation (None: the whole split)
+    batch_size: Annotated[int, Range(ge=1)] = 16  # frames per evaluation batch
+    synthetic_samples: Annotated[int, Range(ge=1)] = 64  # held-out synthetic samples rendered once (synthetic-only runs)
+    synthetic_seed: Annotated[int, Range(ge=0)] = 12345  # seed of the held-out synthetic set (disjoint from the shard seeds)
 
     @property
     def enabled(self) -> bool:

@@ -19,29 +19,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from geometry import Crop
+from train.schema import Range
 
 
 @dataclass
 class NetworkConfig:
     """Size of the stacked hourglass (defaults: the reference prototype)."""
 
-    stacks: int = 2  # number of hourglass stacks (intermediate supervision on each)
-    width: int = 128  # bottleneck channels; features between blocks carry 2 * width channels
-    hourglass_depth: int = 2  # down-sampling levels inside one hourglass (16 -> 4 for depth 2)
-    blocks: int = 1  # residual blocks per hourglass stage
-    softmax_temperature: float = 20.0  # scores are multiplied by this before the spatial softmax
-    depth_scale_mm: float = 100.0  # input depth is divided by this; depth-map outputs multiplied by it
+    stacks: Annotated[int, Range(ge=1)] = 2  # number of hourglass stacks (intermediate supervision on each)
+    width: Annotated[int, Range(ge=1)] = 128  # bottleneck channels; features between blocks carry 2 * width channels
+    hourglass_depth: Annotated[int, Range(ge=1)] = 2  # down-sampling levels inside one hourglass (16 -> 4 for depth 2)
+    blocks: Annotated[int, Range(ge=1)] = 1  # residual blocks per hourglass stage
+    softmax_temperature: Annotated[float, Range(gt=0)] = 20.0  # scores are multiplied by this before the spatial softmax
+    depth_scale_mm: Annotated[float, Range(gt=0)] = 100.0  # input depth is divided by this; depth-map outputs multiplied by it
 
     def __post_init__(self) -> None:
-        for name in ("stacks", "width", "hourglass_depth", "blocks"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.width % 2:
             raise ValueError(f"model.width must be even, got {self.width}")
 
@@ -114,16 +113,22 @@ class Hourglass(nn.Module):
         return self.skip(x) + F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def check_crop_fits(crop: Crop, cfg: NetworkConfig) -> None:
+    """The network's rule for the crop size: a multiple of 4 (the stem's stride), and large enough for the
+    hourglass's down-sampling levels; ValueError saying so."""
+    if crop.size % 4 or crop.size < 4 * 2 ** cfg.hourglass_depth:
+        raise ValueError(f"crop size {crop.size} must be a multiple of 4 and at least "
+                         f"{4 * 2 ** cfg.hourglass_depth} for model.hourglass_depth={cfg.hourglass_depth}")
+
+
 class HourglassNet(nn.Module):
     """Stacked hourglass regressing J spheres from an S x S crop; see the module docstring."""
 
     def __init__(self, cfg: NetworkConfig, *, num_spheres: int = 41, crop: Crop = Crop()) -> None:
         super().__init__()
-        size = crop.size
-        if size % 4 or size < 4 * 2 ** cfg.hourglass_depth:
-            raise ValueError(f"crop size {size} must be a multiple of 4 and at least "
-                             f"{4 * 2 ** cfg.hourglass_depth} for model.hourglass_depth={cfg.hourglass_depth}")
+        check_crop_fits(crop, cfg)
         self.cfg, self.num_spheres, self.crop = cfg, num_spheres, crop
+        size = crop.size
         planes, channels, stem = cfg.width, 2 * cfg.width, cfg.width // 2
         # Prototype trunk: 5x5/2 conv, residual to `width` channels, max-pool, residual, residual to 2*width.
         self.stem = nn.Sequential(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
+
+from train.schema import Range
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -16,12 +18,20 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class OptimConfig:
     """Adam with a step schedule (the reference: lr 1e-3, wd 1e-5, x0.1 at each third of the run)."""
 
-    lr: float = 1e-3  # initial learning rate
-    weight_decay: float = 1e-5  # Adam's L2 weight decay
-    decay_factor: float = 0.1  # lr multiplier at each milestone
-    decay_at: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])  # milestones, fractions of run.steps
-    grad_clip: float | None = None  # clip the global gradient norm to this value (None: no clipping)
+    lr: Annotated[float, Range(gt=0)] = 1e-3  # initial learning rate
+    weight_decay: Annotated[float, Range(ge=0)] = 1e-5  # Adam's L2 weight decay
+    decay_factor: Annotated[float, Range(gt=0)] = 0.1  # lr multiplier at each milestone
+    decay_at: Annotated[list[float], Range(ge=0, le=1)] = field(default_factory=lambda: [1 / 3, 2 / 3])  # milestones, fractions of run.steps
+    grad_clip: Annotated[float | None, Range(gt=0, off="null: no clipping")] = None  # clip the global gradient norm to this value (None: no clipping)
     amp: Literal["none", "bf16", "fp16"] = "none"  # bf16: autocast (GPU or CPU); fp16: autocast + grad scaler (GPU)
+    # A step whose loss or gradient norm is not finite never updates the weights; then stop the run (exit 3),
+    # or skip: go on without that update, stopping after nonfinite_patience such steps in a row.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    nonfinite_patience: Annotated[int, Range(ge=1)] = 3
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged: a non-finite loss, gradient norm or weights (every rank raises it at the same step)."""
 
 
 def lr_factor(step: int, steps: int, cfg: OptimConfig) -> float:

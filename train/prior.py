@@ -154,18 +154,26 @@ def check_prior_file(path: str | Path | None) -> Path:
     return path
 
 
+class PriorFileError(ValueError):
+    """A pose prior file that cannot be used: unreadable (a pickle, truncated) or not a prior's."""
+
+
 def load_prior(path: str | Path | None, device: str | torch.device = "cpu") -> PoseVAE:
-    """A frozen pose VAE (eval mode, no gradients to its weights) from a file of :func:`save_prior`."""
+    """A frozen pose VAE (eval mode, no gradients to its weights) from a file of :func:`save_prior`; raises
+    PriorFileError naming the file."""
     path = check_prior_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise ValueError(f"pose prior file {path} could not be read: {error}") from error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PriorFileError(f"pose prior file {path} could not be read with weights_only=True: {first_line}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pose prior file (missing format {FORMAT!r})")
-    # ConfigError (a ValueError) names the file and the unknown or mistyped key.
-    vae = PoseVAE(from_dict(PriorConfig, payload.get("config"), where=f" in pose prior file {path}"))
-    vae.load_state_dict(payload["state_dict"])
+        raise PriorFileError(f"{path} is not a pose prior file (missing format {FORMAT!r})")
+    try:  # ConfigError names the file and the unknown or mistyped key
+        vae = PoseVAE(from_dict(PriorConfig, payload.get("config"), where=f" in pose prior file {path}"))
+        vae.load_state_dict(payload["state_dict"])
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise PriorFileError(f"pose prior file {path}: {str(error).strip().splitlines()[0]}") from None
     return vae.to(device).eval().requires_grad_(False)
 
 

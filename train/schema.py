@@ -4,17 +4,22 @@ Used for the run config (``train.config``: YAML file + dotted overrides, :func:`
 settings (``train.pseudo_labels``), the ``model`` section of a checkpoint (``train.checkpoint``) and the
 config of a pose prior file (``train.prior``). An unknown key
 or a value of the wrong type raises :class:`ConfigError` naming the key (and the closest known keys);
-a ``Literal`` field names its allowed values. Ints widen to floats; nothing else converts.
+a ``Literal`` field names its allowed values. Ints widen to floats; nothing else converts. A float must be
+finite, and a number field's range is declared beside it (``lr: Annotated[float, Range(gt=0)] = 1e-3``)
+and checked with the field's dotted key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import operator
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import yaml
 
@@ -23,8 +28,42 @@ class ConfigError(ValueError):
     """Plain data that does not fit its dataclass tree (unknown key, wrong type, bad value)."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number field (each item of a list field), declared in its type:
+    ``Annotated[float, Range(gt=0)]``; ``Annotated[float | None, Range(gt=0, off="null: no clipping")]``
+    (None passes: the field switched off). ``off`` is said in the message."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    off: str | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of range, or None."""
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        bounds = ((self.gt, ">", operator.gt), (self.ge, ">=", operator.ge), (self.lt, "<", operator.lt),
+                  (self.le, "<=", operator.le))
+        declared = [(bound, symbol, holds) for bound, symbol, holds in bounds if bound is not None]
+        if all(holds(value, bound) for bound, _, holds in declared):
+            return None
+        wanted = " and ".join(f"{symbol} {bound:g}" for bound, symbol, _ in declared)
+        return f"must be {wanted}{f' ({self.off})' if self.off else ''}"
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def field_ranges(cls: type) -> dict[str, Range]:
+    """The :class:`Range` of each field of ``cls`` that declares one."""
+    ranges = {}
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        if typing.get_origin(tp) is Annotated:
+            ranges.update({name: meta for meta in tp.__metadata__ if isinstance(meta, Range)})
+    return ranges
 
 
 def all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -94,9 +133,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "3e-3" (no dot) as a string; Python reads it as the number meant
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r}{where}: expected a finite number, got {value!r}")
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"config key {key!r}{where}: expected {tp.__name__}, got {value!r}")
     if not isinstance(value, tp):
@@ -121,12 +162,25 @@ def _merge(cls: type, base: dict[str, Any], update: dict[str, Any], known: list[
             base[name] = _coerce(value, tp, key, where)
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """``cls`` from merged plain data: each field's :class:`Range`, then the section's own ``__post_init__``."""
     kwargs = {}
+    ranges = field_ranges(cls)
     for name, tp in _hints(cls).items():
         value = data[name]
-        kwargs[name] = _build(tp, value) if dataclasses.is_dataclass(tp) else value
-    return cls(**kwargs)
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+            continue
+        if name in ranges:
+            for item in value if isinstance(value, list) else [value]:
+                if (problem := ranges[name].problem(item)) is not None:
+                    raise ConfigError(f"config key {prefix + name!r}: {value!r} {problem}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # a section's own __post_init__ check
+        section = f"config section {prefix[:-1]!r}: " if prefix else ""
+        raise ConfigError(f"{section}{exc}") from None
 
 
 def to_plain(obj: Any) -> Any:
@@ -154,10 +208,7 @@ def from_dicts(cls: type, sources: list[tuple[dict[str, Any], str]], *, prefix: 
         if not isinstance(update, dict):
             raise ConfigError(f"config{where} must be a mapping, got {type(update).__name__}")
         _merge(cls, data, update, known, prefix, where)
-    try:
-        return _build(cls, data)
-    except (TypeError, ValueError) as exc:  # a section's own __post_init__ check
-        raise ConfigError(str(exc)) from exc
+    return _build(cls, data, prefix)
 
 
 def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "", where: str = "") -> Any:

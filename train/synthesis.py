@@ -13,6 +13,7 @@ jitter included).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
@@ -22,6 +23,7 @@ from hand.render import render_mesh_depth
 from renderer_cuda import ExtensionUnavailable, resolve_backend
 from renderer_cuda.rasterize import Backend
 from shards.format import SYNTHETIC_AUGMENT_FIELDS
+from train.schema import Range
 
 _FIELD = {name: i for i, name in enumerate(SYNTHETIC_AUGMENT_FIELDS)}
 
@@ -30,15 +32,15 @@ _FIELD = {name: i for i, name in enumerate(SYNTHETIC_AUGMENT_FIELDS)}
 class SynthesisConfig:
     """Rendering of synthetic training depth."""
 
-    supersample: int = 1  # rasterizer supersampling factor per axis (1: one sample per pixel)
+    supersample: Annotated[int, Range(ge=1)] = 1  # rasterizer supersampling factor per axis (1: one sample per pixel)
     # Rasterizer backend (renderer_cuda.BACKENDS): auto (the kernel of the run's device), cuda, cpu, or torch
     # (the pure-torch reference, ~1,500x slower than a kernel). See check_rasterizer for what a run refuses.
     backend: Backend = "auto"
     # Fraction of samples rendered with a forearm (real crops show one; the hand mesh ends at the wrist).
-    forearm: float = 0.0
+    forearm: Annotated[float, Range(ge=0, le=1)] = 0.0
     # Hand size augmentation: each sample's global scale times a factor uniform in [1 - this, 1 + this]
     # (real subjects' hands differ from the shards' shape spread; the labels scale with the hand).
-    scale_jitter: float = 0.0
+    scale_jitter: Annotated[float, Range(ge=0, lt=1)] = 0.0
 
 
 def backend_mismatch(backend: Backend, device_type: str) -> str | None:
