@@ -1,11 +1,13 @@
 """Every training command of the README runs as written, in README order, on the CPU.
 
 The commands are those of the README's fenced ``bash`` blocks that run the trainer or one of its stages
-(``-m train``, ``train.pseudo_labels``, ``train.prior``, ``train.report``, ``train.evaluate``); a line that
+(``-m train``, ``train.pseudo_labels``, ``train.prior``, ``train.report``, ``train.evaluate``,
+``train.predict``, ``train.export``); a line that
 continues with ``\\`` is one command. Synopses are not commands and are left out: a command holding ``...``,
 ``[`` (optional arguments), ``$`` (a shell variable) or an all-capitals placeholder (``CKPT``, ``SHARDS``).
 Each runs in a temporary working directory (``configs`` linked in) where the data paths the commands read
-and no command writes (``data/nyu-shards``, ``data/synth``, ...) are the session's fake-NYU and synthetic shards,
+and no command writes (``data/nyu-shards``, ``data/synth``, ``data/fake-nyu``, ...) are the session's fake-NYU shards,
+synthetic shards and raw fake-NYU frames,
 so later commands find earlier runs' outputs as a user's would. A command that fails fails the test, naming it.
 
 What the test changes, and nothing else:
@@ -30,16 +32,17 @@ import pytest
 from train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("train", "train.pseudo_labels", "train.prior", "train.report", "train.evaluate")
+STAGES = ("train", "train.pseudo_labels", "train.prior", "train.report", "train.evaluate", "train.predict",
+          "train.export")
 PLACEHOLDER = re.compile(r"\.\.\.|\[|\$|(^|[=/])[A-Z][A-Z_]{2,}(/|$)")
 # Data the commands read and no command writes: README path -> session fixture.
 INPUTS = {"data/nyu-shards": "nyu", "data/nyu": "nyu", "data/synth": "synthetic", "demo/nyu": "nyu",
-          "demo/synth": "synthetic"}
+          "demo/synth": "synthetic", "data/fake-nyu": "raw"}
 TRAIN_SIZES = ["run.device=cpu", "model.stacks=1", "model.width=8", "run.steps=2", "data.synthetic_batch=2",
                "data.batches_per_epoch=2", "data.num_workers=0", "synthesis.supersample=1", "eval.every=0",
                "eval.at_start=false", "checkpoint.every=0", "metrics.image_every=0", "metrics.tensorboard=false"]
 STAGE_SIZES = {"train.pseudo_labels": ["steps=2"], "train.prior": ["--steps", "2", "--pool-size", "64", "--batch-size", "32"],
-               "train.report": [], "train.evaluate": []}
+               "train.report": [], "train.evaluate": [], "train.predict": [], "train.export": []}
 
 
 def bash_blocks(text: str) -> list[list[str]]:
@@ -109,8 +112,8 @@ def test_the_readme_shows_every_stage_as_a_runnable_command():
     assert all(PLACEHOLDER.search(line) for line in synopses)
 
 
-def test_every_training_command_of_the_readme_runs_as_written(tmp_path, nyu_shards_gt, synthetic_shards):
-    fixtures = {"nyu": nyu_shards_gt, "synthetic": synthetic_shards}
+def test_every_training_command_of_the_readme_runs_as_written(tmp_path, fake_nyu_dir, nyu_shards_gt, synthetic_shards):
+    fixtures = {"nyu": nyu_shards_gt, "synthetic": synthetic_shards, "raw": fake_nyu_dir}
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     for path, fixture in INPUTS.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
