@@ -1,25 +1,31 @@
 """Crop centres from depth alone (``--center com``, ``train.predict --center com``): no labels are read.
 
 A real depth frame shows the person the hand belongs to (torso, head, the other arm), and a centre of the
-whole foreground lands on them. What singles the hand out is that it is the nearest thing to the camera
-(NYU, hand-tracking setups, the fake rig's frontal view), so the search starts there and stays hand-sized:
+whole foreground lands on them (the finder before issue 21 landed on the head). What singles the hand out:
+it is usually the nearest thing to the camera (NYU, hand-tracking setups), it is hand-sized, and what
+surrounds it in the image lies well behind it (only the arm joins it). So, on every ``STRIDE``-th pixel
+with depth in range (``MIN_DEPTH_MM``..``MAX_DEPTH_MM``):
 
-1. Depth in range (``MIN_DEPTH_MM``..``MAX_DEPTH_MM``), every ``STRIDE``-th pixel (plenty for a centre).
-2. The nearest point, robust to speckle: each pixel's depth is taken as the farthest in its
-   ``SPECKLE_PX`` x ``SPECKLE_PX`` block, so a flying pixel or a blob smaller than the block in front of its
-   surroundings cannot be the nearest; a finger (several blocks wide) can.
-3. The hand layer: the points at most ``HAND_DEPTH_MM`` behind that nearest point, which holds a hand in
-   any orientation but not the torso 150 mm or more behind it. A hand shows at least ``MIN_HAND_AREA_MM2``
-   of surface within ``HAND_RADIUS_MM`` of the nearest point; less is no hand (a stray object, an edge).
-4. Mean shift with a hand-sized ball over that layer, from the mean of those points: it settles on the
+1. The nearest point, robust to speckle: each pixel's depth is taken as the farthest in its
+   ``SPECKLE_PX`` x ``SPECKLE_PX`` block, so a flying pixel or a blob smaller than the block cannot be the
+   nearest; a finger can.
+2. The hand layer: the points at most ``HAND_DEPTH_MM`` behind that nearest point, which holds a hand in any
+   orientation but not a torso 150 mm or more behind it. Less than ``MIN_HAND_AREA_MM2`` of it within
+   ``HAND_RADIUS_MM`` of the nearest point is too small for a hand.
+3. Mean shift with a hand-sized ball over that layer, from the mean of those points: it settles on the
    hand's mass (the palm pulls harder than the forearm stub the layer holds).
+4. The hand test: at least ``MIN_SURROUNDINGS_BEHIND`` of the ring ``RING_MM`` around the result (in the
+   image, lateral mm at its depth) lies ``SURROUNDINGS_GAP_MM`` behind it or has no depth in range. A
+   shoulder, a flank or an elbow seen from the side fails (their surface goes on beside them); then the
+   points within ``EXCLUDE_RADIUS_MM`` of it are set aside and the next nearest object is tried, up to
+   ``MAX_CANDIDATES``. None passing, or nothing in range: :class:`HandNotFound` with the reasons.
 5. The visible surface lies in front of the palm joint: move the result back by ``SURFACE_OFFSET_MM``,
-   measured on rendered hands (``python -m shards fake-nyu``, a seed the benchmark does not use).
+   measured on rendered frontal views (``python -m shards fake-nyu --seed 11``, a seed the benchmark does
+   not use).
 
-Accuracy (BENCHMARKS.md, "Label-free crop centre"; ``python benchmarks/centre.py``): on fake-NYU frames the
-centre lies within 40 mm of the labelled palm on most frames of the frontal view, with or without a person
-behind; views from the side may see the person's shoulder or head nearer than the hand, and there the
-nearest-object rule picks them.
+Accuracy and time: BENCHMARKS.md, "Label-free crop centre" (``python benchmarks/centre.py``). A frontal view
+finds the hand with or without a person behind it; a view from the side can see the elbow nearer than the
+hand and take it when the arm there stands out like a hand.
 """
 
 from __future__ import annotations
@@ -32,16 +38,16 @@ from shards.nyu_protocol import NYU_INTRINSICS
 
 MIN_DEPTH_MM = 200.0  # nearer than any depth camera measures
 MAX_DEPTH_MM = 2000.0  # a hand farther than this is too small in the image to crop
-STRIDE = 2
-SPECKLE_PX = 3  # in strided pixels: a near blob smaller than 6x6 image pixels is noise, not a hand
+STRIDE = 4
+SPECKLE_PX = 2  # in strided pixels: a near blob smaller than 8x8 image pixels is noise, not a hand
 HAND_DEPTH_MM = 150.0  # a hand's depth extent (fingers pointing at the camera) fits; the body behind does not
 HAND_RADIUS_MM = 90.0
 MIN_HAND_AREA_MM2 = 800.0  # a fingertip pointing at the camera shows more within HAND_RADIUS_MM; a speck does not
-MAX_CANDIDATES = 8
-EXCLUDE_RADIUS_MM = 150.0
-RING_MM = (120.0, 200.0)
-SURROUNDINGS_GAP_MM = 100.0
-MIN_SURROUNDINGS_BEHIND = 0.92
+MAX_CANDIDATES = 8  # a torso seen from the side takes a few: each round sets a ball of it aside
+EXCLUDE_RADIUS_MM = 150.0  # around the rejected object's nearest point and its centre
+RING_MM = (120.0, 200.0)  # beyond the fingers of a hand centred within it
+SURROUNDINGS_GAP_MM = 100.0  # the body is 150 mm or more behind a raised hand
+MIN_SURROUNDINGS_BEHIND = 0.92  # hands scored >= 0.92 on fake-NYU (seed 11), shoulders and flanks ~0.6-0.8
 SURFACE_OFFSET_MM = np.array([0.0, -7.0, 40.0])  # camera frame: from the visible hand's centre to the palm joint
 
 
@@ -66,7 +72,9 @@ def find_center(depth: np.ndarray, intrinsics: Intrinsics = NYU_INTRINSICS) -> n
     rays = np.stack([(cols - intrinsics.cx) / intrinsics.fx, (rows - intrinsics.cy) / intrinsics.fy], axis=-1)
     depths = np.where(valid, strided, np.inf)
     points = np.concatenate([rays * strided[..., None], strided[..., None]], axis=-1)[valid]  # (N, 3)
-    robust = maximum_filter(depths, size=SPECKLE_PX)
+    robust = maximum_filter(depths, size=SPECKLE_PX, mode="constant", cval=np.inf)  # beyond the image: no depth
+    if not np.isfinite(robust).any():
+        raise HandNotFound(f"only isolated depth pixels between {MIN_DEPTH_MM:g} and {MAX_DEPTH_MM:g} mm")
     rejected = []
     for _ in range(MAX_CANDIDATES):
         if not np.isfinite(robust).any():
@@ -89,7 +97,8 @@ def find_center(depth: np.ndarray, intrinsics: Intrinsics = NYU_INTRINSICS) -> n
         seen = np.concatenate([rays * robust[..., None], robust[..., None]], axis=-1)
         robust[(np.linalg.norm(seen - nearest, axis=-1) < EXCLUDE_RADIUS_MM)
                | (np.linalg.norm(seen - center, axis=-1) < EXCLUDE_RADIUS_MM)] = np.inf
-    raise HandNotFound("no hand among the nearest objects: " + "; ".join(rejected))
+    more = f"; {len(rejected) - 3} more" if len(rejected) > 3 else ""
+    raise HandNotFound(f"no hand among the {len(rejected)} nearest objects: " + "; ".join(rejected[:3]) + more)
 
 
 def surroundings_behind(depths: np.ndarray, rays: np.ndarray, center: np.ndarray) -> float:
