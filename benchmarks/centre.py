@@ -109,9 +109,7 @@ def main() -> int:
             root = Path(work) / ("body" if body else "no-body")
             render(root, args.frames, args.seed, body)
             result["scenes"][scene] = measure(root)
-    print(markdown(result))
-    if args.json:
-        print(json.dumps(result))
+    print("\n".join([markdown(result)] + ([json.dumps(result)] if args.json else [])))  # the JSON line last
     return 0
 
 

@@ -107,7 +107,7 @@ def surroundings_behind(depths: np.ndarray, rays: np.ndarray, center: np.ndarray
     joins it), half or less for a shoulder or a flank, whose surface goes on beside it."""
     lateral = np.linalg.norm(rays * center[2] - center[:2], axis=-1)
     ring = (lateral >= RING_MM[0]) & (lateral <= RING_MM[1])
-    if not ring.any():
+    if not ring.any():  # the object fills the image: nothing beside it to tell it from a hand
         return 1.0
     return float(np.mean(depths[ring] >= center[2] + SURROUNDINGS_GAP_MM))
 
