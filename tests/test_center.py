@@ -13,7 +13,7 @@ import pytest
 from conftest import run_shards
 from shards.center import HandNotFound, find_center
 from shards.fake_nyu import FakeNyuConfig, FakeScene
-from shards.nyu import PALM_JOINT, depth_path, encode_depth_png, load_labels
+from shards.nyu import PALM_JOINT, depth_path, encode_depth_png, load_labels, read_depth
 from shards.nyu_protocol import NYU_INTRINSICS
 
 FRAMES = 3
@@ -95,3 +95,6 @@ def test_fake_nyu_person_is_deterministic(tiny_nyu, tmp_path):
     assert len(mismatch) >= FRAMES, "the person should show in the views"
     body, bare = load_labels(tiny_nyu / "test"), load_labels(tmp_path / "bare" / "test")
     assert np.array_equal(body.joints, bare.joints)
+    for name in names:  # the same sensor noise wherever the person is not: most of the frame
+        same = read_depth(tiny_nyu / "test" / name) == read_depth(tmp_path / "bare" / "test" / name)
+        assert same.mean() > 0.3, (name, same.mean())
