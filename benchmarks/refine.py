@@ -63,7 +63,7 @@ def measure(checkpoint: Path, split_dir: Path, refines: list[int]) -> dict[str, 
         depth = read_depth(depth_path(split_dir, 1, index + 1))
         truth = labels.joints[0, index]
         starts = {"labelled palm": truth[PALM_JOINT]}
-        found = hand_center(depth, crop, NYU_INTRINSICS)
+        found = hand_center(depth, NYU_INTRINSICS)
         if found is not None:
             starts.update({f"com, refine {n}": found for n in refines})
         for name, start in starts.items():

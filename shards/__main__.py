@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     fake = commands.add_parser("fake-nyu", help="render a small NYU-format data set from the hand model",
                                description="Writes DIR/train and DIR/test exactly in NYU's layout (depth PNGs of "
                                "3 fixed cameras, joint_data.mat, rgb_* distractors) rendered from the hand model "
-                               "with a forearm, a wall and Kinect-like noise, plus DIR/fake_nyu.npz with what the "
+                               "with a forearm, a person behind it (torso, head, upper arm), a wall and Kinect-like "
+                               "noise, plus DIR/fake_nyu.npz with what the "
                                "generator knows (camera poses, poses, visibility).")
     fake.add_argument("--out", type=Path, required=True, help="output directory")
     fake.add_argument("--train", type=int, default=48, help="train frames (default 48)")
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--label-outliers", type=float, default=0.0,
                       help="fraction of frames whose side-view labels are off by 25..50 mm (default 0)")
     fake.add_argument("--clean", action="store_true", help="no sensor noise (mm quantisation only)")
+    fake.add_argument("--body", action=argparse.BooleanOptionalAction, default=True,
+                      help="a person behind the hand: torso 150-350 mm behind the palm, head above or beside the "
+                      "hand, upper arm to the shoulder (default on; --no-body: hand, forearm and wall only)")
 
     nyu = commands.add_parser("nyu", help="crop NYU (or fake-nyu) frames into 3-view shards",
                               description="Reads each frame's 3 depth PNGs and joint_data.mat labels, crops every "
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "fake-nyu":
         generate(args.out, FakeNyuConfig(train=args.train, test=args.test, seed=args.seed,
                                          label_noise_mm=args.label_noise, label_outliers=args.label_outliers,
-                                         sensor_noise=not args.clean))
+                                         sensor_noise=not args.clean, body=args.body))
         print(f"wrote {args.out}/train ({args.train} frames) and {args.out}/test ({args.test} frames)")
     elif args.command == "nyu":
         try:

@@ -1,7 +1,9 @@
 """A small stand-in for the NYU data set, in NYU's layout, rendered from the hand model.
 
-Three fixed depth cameras look at a hand held in front of a wall (view 1 frontal, views 2 and 3 from the
-sides), like NYU's rig. The hand has a shape unlike the model's default (larger, longer fingers; a smaller
+Three fixed depth cameras look at a hand held in front of a person and a wall (view 1 frontal, views 2 and
+3 from the sides), like NYU's rig. The person (``body``, on by default) is a torso 150-350 mm behind the
+palm, a head above or beside the hand and an upper arm from the shoulder to the forearm's far end, placed
+anew for each frame: the label-free crop centre must find the hand in front of them, as in a real frame. The hand has a shape unlike the model's default (larger, longer fingers; a smaller
 second test subject when the test split is large), a forearm leaving the crop cube, a wall behind, and
 Kinect-like noise (depth-dependent jitter, mm quantisation, blob holes, dropout at depth edges), and
 poses from a generator of its own (:func:`articulation`, not ``hand.sample_poses``), so it has a real
@@ -25,8 +27,11 @@ import torch
 from PIL import Image
 from scipy.ndimage import minimum_filter
 from scipy.spatial.transform import Rotation
+from tqdm import tqdm
 
-from shards.nyu import (MAT_NAME, NUM_JOINTS, NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, VIEWS, depth_path, encode_depth_png,
+import hand
+from renderer_cuda import rasterize
+from shards.nyu import (MAT_NAME, NUM_JOINTS, PALM_JOINT, NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, VIEWS, depth_path, encode_depth_png,
                         nyu_xyz_to_camera)
 from shards.nyu_protocol import NYU_INTRINSICS, NYU_TEST_FRAMES, SUBJECT_2_FIRST_FRAME
 from shards.nyu import project_nyu as project
@@ -38,6 +43,7 @@ CAMERA_RIG = ((0.0, 0.0, 800.0), (72.0, 6.0, 760.0), (-66.0, -4.0, 870.0))
 SUBJECT_SHAPES = {1: (1.12, 1.07), 2: (0.93, 1.0)}  # (global scale, bone length scale)
 NYU_TEST_SUBJECT_CHANGE = (SUBJECT_2_FIRST_FRAME - 1) / NYU_TEST_FRAMES  # NYU test's share of its first subject
 FOREARM_LENGTH_MM = 300.0
+BODY_STREAM = 1  # the person's random stream: [seed, split, frame, BODY_STREAM]
 # The fake subject's own joint range (26,): the hand model's limits before issue 13 widened some of them, kept so
 # that the fake data set does not change when the model's limits do.
 SUBJECT_LOWER = np.concatenate([np.full(6, -np.inf), np.array([
@@ -58,6 +64,7 @@ class FakeNyuConfig:
     label_noise_mm: float = 0.5  # Gaussian annotation noise per coordinate
     label_outliers: float = 0.0  # fraction of frames whose view-2 or view-3 labels are shifted 25..50 mm
     sensor_noise: bool = True  # False: clean depth, only mm quantisation
+    body: bool = True  # a person (torso, head, upper arm) behind the hand; False: hand, forearm and wall only
 
 
 def camera_to_world(view: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,15 +137,65 @@ def articulation(rng: np.random.Generator, lower: np.ndarray, upper: np.ndarray)
     return np.clip(pose, lower, upper)
 
 
+def ellipsoid(center: np.ndarray, half_axes: np.ndarray, rotation: np.ndarray = np.eye(3), rings: int = 10,
+              segments: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """A closed ellipsoid mesh: vertices (V, 3) = center + rotation @ (half_axes * unit sphere), faces (F, 3)."""
+    polar = np.linspace(0.0, np.pi, rings + 1)[1:-1]
+    azimuth = np.arange(segments) * (2 * np.pi / segments)
+    sphere = np.stack([np.outer(np.sin(polar), np.cos(azimuth)), np.outer(np.cos(polar), np.ones(segments)),
+                       np.outer(np.sin(polar), np.sin(azimuth))], axis=-1).reshape(-1, 3)
+    sphere = np.concatenate([sphere, [[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]]])  # the two poles
+    j = np.arange(segments)
+    faces = []
+    for ring in range(rings - 2):  # quads between neighbouring rings, two triangles each
+        a, b = ring * segments + j, ring * segments + (j + 1) % segments
+        faces += [np.stack([a, b, a + segments], 1), np.stack([b, b + segments, a + segments], 1)]
+    top, bottom, last = len(sphere) - 2, len(sphere) - 1, (rings - 2) * segments
+    faces += [np.stack([np.full(segments, top), (j + 1) % segments, j], 1),
+              np.stack([np.full(segments, bottom), last + j, last + (j + 1) % segments], 1)]
+    return center + (sphere * half_axes) @ rotation.T, np.concatenate(faces)
+
+
+def person(palm: np.ndarray, elbow: np.ndarray, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The person the hand belongs to, in world (camera-1) coordinates mm: vertices (V, 3), faces (F, 3).
+
+    The torso's front lies 150-350 mm behind the palm and to one side of it; the hand is in front of the chest
+    (head above it) or raised (head beside it); an upper arm joins the shoulder on the hand's side to the
+    forearm's far end (``elbow``). Sizes follow the hand's ``scale``.
+    """
+    torso_axes = scale * rng.uniform([140.0, 240.0, 85.0], [175.0, 290.0, 115.0])
+    side = rng.choice([-1.0, 1.0])  # which side of the torso the hand is held on (from camera 1)
+    behind = rng.uniform(150.0, 350.0)
+    torso = palm + np.array([-side * rng.uniform(60.0, 220.0), rng.uniform(60.0, 380.0), behind + torso_axes[2]])
+    lean = Rotation.from_euler("ZY", rng.uniform([-8.0, -25.0], [8.0, 25.0]), degrees=True).as_matrix()
+    head_axes = scale * rng.uniform([72.0, 95.0, 85.0], [85.0, 112.0, 100.0])
+    head = torso + lean @ np.array([rng.uniform(-30.0, 30.0), -torso_axes[1] - head_axes[1] - 25.0,
+                                    rng.uniform(-20.0, 20.0)])
+    shoulder = torso + lean @ np.array([side * (torso_axes[0] - 25.0), -(torso_axes[1] - 55.0), 0.0])
+    upper_arm = elbow - shoulder
+    length = np.linalg.norm(upper_arm)
+    axis = upper_arm / max(length, 1e-6)  # the ellipsoid's long (y) axis runs shoulder -> elbow
+    across = np.cross(axis, [0.0, 0.0, 1.0])
+    across = across / np.linalg.norm(across) if np.linalg.norm(across) > 1e-6 else np.array([1.0, 0.0, 0.0])
+    arm_frame = np.stack([across, axis, np.cross(across, axis)], axis=1)
+    arm_radius = 40.0 * scale
+    parts = [ellipsoid(torso, torso_axes, lean), ellipsoid(head, head_axes, lean),
+             ellipsoid((shoulder + elbow) / 2, np.array([arm_radius, length / 2 + arm_radius, arm_radius]), arm_frame)]
+    vertices, faces, first = [], [], 0
+    for part_vertices, part_faces in parts:
+        vertices.append(part_vertices)
+        faces.append(part_faces + first)
+        first += len(part_vertices)
+    return np.concatenate(vertices), np.concatenate(faces)
+
+
 _PIXEL_CENTRES = np.mgrid[0:NYU_IMAGE_HEIGHT, 0:NYU_IMAGE_WIDTH] + 0.5
 
 
 class FakeScene:
-    """Renders frames of the fake rig: hand model mesh + forearm + wall, per view."""
+    """Renders frames of the fake rig: hand model mesh + forearm (+ person) + wall, per view."""
 
     def __init__(self, config: FakeNyuConfig) -> None:
-        import hand  # the generator is the only part of shards that needs the model and renderer
-
         self.config = config
         self.model = hand.HandModel()
         self.radii = self.model.radii.detach().numpy().astype(np.float64)
@@ -163,6 +220,12 @@ class FakeScene:
         world = np.concatenate([vertices[0].double().numpy(), arm_vertices[0].double().numpy()]) + offset
         all_faces = np.concatenate([faces.numpy(), arm_faces.numpy() + vertices.shape[1]])
         joints_world = keypoints + offset
+        if self.config.body:  # its own generator: the hand, labels and sensor noise stay those of --no-body
+            body_rng = np.random.default_rng([self.config.seed, split_id, index, BODY_STREAM])
+            elbow = arm_vertices[0, -1].double().numpy() + offset  # the forearm's far cap centre
+            body_vertices, body_faces = person(joints_world[PALM_JOINT], elbow, scale, body_rng)
+            all_faces = np.concatenate([all_faces, body_faces + len(world)])
+            world = np.concatenate([world, body_vertices])
         out = {"pose": pose[0].numpy(), "shape": shape[0].numpy(), "offset": offset, "subject": subject}
         depth, clean, joints, visible = [], [], [], []
         for view in range(VIEWS):
@@ -176,8 +239,6 @@ class FakeScene:
         return out
 
     def _render(self, camera_vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        from renderer_cuda import rasterize
-
         pixels = torch.from_numpy(project(camera_vertices)).float()[None]
         image = rasterize(pixels, torch.from_numpy(faces).int(), NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH,
                           background=0.0, perspective=True)
@@ -217,8 +278,6 @@ class FakeScene:
 
 def generate(out: Path, config: FakeNyuConfig, progress: bool = True) -> dict[str, object]:
     """Write ``out/train`` and ``out/test`` in NYU's layout and ``out/fake_nyu.npz``."""
-    from tqdm import tqdm
-
     scene = FakeScene(config)
     record: dict[str, np.ndarray] = {"camera_poses": camera_poses()}
     for split, frames in (("train", config.train), ("test", config.test)):
@@ -260,8 +319,6 @@ def _label(joints: np.ndarray, config: FakeNyuConfig, rng: np.random.Generator) 
 
 def _write_mat(path: Path, joints_camera: np.ndarray) -> None:
     """NYU's variables: joint_names as a 1x36 cell array, joint_xyz y-up, joint_uvd (pixels, depth)."""
-    import hand
-
     names = np.empty((1, NUM_JOINTS), dtype=object)
     for i, name in enumerate(hand.NYU_JOINT_NAMES):
         names[0, i] = name

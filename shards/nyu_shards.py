@@ -10,7 +10,7 @@ import numpy as np
 
 from geometry import Crop
 from shards.cameras import crop_cams, fixed_transforms, per_frame_transforms
-from shards.center import find_center
+from shards.center import HandNotFound, find_center
 from shards.format import NYU_KEYS, BadInputError, ShardsError, encode_sample
 from shards.nyu import PALM_JOINT, VIEWS, check_split, crop_depth, depth_path, read_depth
 from shards.nyu_protocol import NYU_INTRINSICS
@@ -67,11 +67,12 @@ class FrameJob:
         except BadInputError as error:
             return ItemResult(index, skipped={"frame": frame, "path": error.path, "reason": error.reason})
         joints = self.joints[:, index]
-        centers = self._centers(depths, joints)
-        if centers is None:
-            path = depth_path(Path(self.split_dir), 1, frame)
-            return ItemResult(index, skipped={"frame": frame, "path": str(path),
-                                              "reason": "no depth near the camera to centre a crop on"})
+        try:
+            centers = self._centers(depths, joints)
+        except ViewWithoutHand as missing:  # nothing to crop, not bad input: skipped whatever --skip-bad
+            path = depth_path(Path(self.split_dir), missing.view, frame)
+            return ItemResult(index, skipped={"frame": frame, "path": str(path), "reason": f"no hand found: {missing}"},
+                              bad_input=False)
         transforms = per_frame_transforms(joints) if self.fixed is None else self.fixed
         sample = {
             "depth.npy": np.stack([crop_depth(d, c, self.crop) for d, c in zip(depths, centers)]),
@@ -82,11 +83,24 @@ class FrameJob:
         }
         return ItemResult(index, key=f"{frame:07d}", entries=encode_sample(sample))
 
-    def _centers(self, depths: list[np.ndarray], joints: np.ndarray) -> np.ndarray | None:
+    def _centers(self, depths: list[np.ndarray], joints: np.ndarray) -> np.ndarray:
         if self.center == "gt":
             return joints[:, PALM_JOINT].copy()
-        found = [find_center(depth, self.crop.cube_mm) for depth in depths]
-        return None if any(c is None for c in found) else np.stack(found)
+        found = []
+        for view, depth in enumerate(depths, start=1):
+            try:
+                found.append(find_center(depth))
+            except HandNotFound as error:
+                raise ViewWithoutHand(view, error.reason) from None
+        return np.stack(found)
+
+
+class ViewWithoutHand(Exception):
+    """A view (1..3) of a frame where :func:`find_center` found no hand."""
+
+    def __init__(self, view: int, reason: str) -> None:
+        super().__init__(reason)
+        self.view = view
 
 
 def build_split(config: NyuBuildConfig, split: str) -> dict[str, Any]:

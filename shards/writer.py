@@ -33,6 +33,7 @@ class ItemResult:
     key: str | None = None
     entries: dict[str, bytes] | None = None
     skipped: dict[str, Any] | None = None  # {"frame", "path", "reason"}
+    bad_input: bool = True  # False: the item holds nothing to build (a frame without a hand), skipped whatever skip_bad
 
 
 Job = Callable[[int], ItemResult]
@@ -99,7 +100,7 @@ def _write_shards(spec: BuildSpec, todo: list[int], presk: dict[int, dict[str, A
         for index in range(first, last):
             result = ItemResult(index, skipped=presk[index]) if index in presk else next(results)
             if result.skipped is not None:
-                if not spec.skip_bad:
+                if result.bad_input and not spec.skip_bad:
                     raise BadInputError(result.skipped["path"], result.skipped["reason"])
                 skipped.append(result.skipped)
             else:

@@ -100,16 +100,20 @@ def test_fixed_cams_map_views_onto_view_one(nyu_shards_com_fixed, record):
 
 
 def test_com_centre_lands_near_the_palm(nyu_shards_com_fixed, fake_nyu_dir, record):
-    errors = []
+    """With a person behind the hand: the frontal view sees the hand nearest, always within 40 mm of the palm; a
+    side view can see the elbow or shoulder nearer than the hand (BENCHMARKS.md), most still land on it."""
+    errors, built, frames = {view: [] for view in range(3)}, 0, 0
     for split in ("train", "test"):
         labels = load_labels(fake_nyu_dir / split)
+        frames += labels.num_frames
         for sample in read_all(nyu_shards_com_fixed / split):
+            built += 1
             frame = sample["meta"]["frame"]
             centers = np.array(sample["meta"]["centers"])
             for view in range(3):
                 if good_view(record, split, frame, view):
-                    errors.append(np.linalg.norm(centers[view] - labels.joints[view, frame - 1, 32]))
-    errors = np.array(errors)
-    assert np.median(errors) < 25.0, np.median(errors)
-    assert np.percentile(errors, 95) < 40.0, np.percentile(errors, 95)
-    assert errors.max() < 80.0
+                    errors[view].append(np.linalg.norm(centers[view] - labels.joints[view, frame - 1, 32]))
+    assert built >= 0.9 * frames, f"{frames - built} of {frames} frames skipped as hand-less"
+    frontal, side = np.array(errors[0]), np.array(errors[1] + errors[2])
+    assert np.median(frontal) < 25.0 and frontal.max() < 40.0, (np.median(frontal), frontal.max())
+    assert np.median(side) < 30.0 and np.mean(side < 40.0) >= 0.8, (np.median(side), np.mean(side < 40.0))

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from geometry import Crop, Intrinsics, project
-from shards.center import find_center
+from shards.center import HandNotFound, find_center
 from shards.format import BadInputError, ShardsError
 from shards.nyu import DEPTH_FILE, MISSING_DEPTH_VALUES, NYU_IMAGE_HEIGHT, NYU_IMAGE_WIDTH, PALM_JOINT, crop_depth, read_depth
 from shards.nyu_protocol import NYU_EVAL_JOINTS, NYU_INTRINSICS, frame_lines, view1_centers, write_results
@@ -145,11 +145,11 @@ def _point(value: object, where: Path | str) -> np.ndarray:
     return point
 
 
-def hand_center(depth: np.ndarray, crop: Crop, intrinsics: Intrinsics) -> np.ndarray | None:
+def hand_center(depth: np.ndarray, intrinsics: Intrinsics) -> np.ndarray | None:
     """The label-free crop centre of a frame, None where no hand is found (never a guess)."""
     try:
-        return find_center(depth, crop.cube_mm, intrinsics)
-    except ValueError:  # the centre finder's "no hand in this frame"
+        return find_center(depth, intrinsics)
+    except HandNotFound:
         return None
 
 
@@ -318,7 +318,7 @@ def run_frames(net: torch.nn.Module, crop: Crop, frames: list[Path], given: dict
                 raise BadInputError(args.centers, f"holds no centre for {path.stem} ({path})")
             center = given[path.stem]
         else:
-            center = hand_center(depth, crop, args.intrinsics) if isinstance(args.center, str) else args.center
+            center = hand_center(depth, args.intrinsics) if isinstance(args.center, str) else args.center
         if center is None:
             tqdm.write(f"warning: {path}: no hand found; no prediction for this frame", file=sys.stderr)
             missed.append(path)
