@@ -1,6 +1,7 @@
 """Does training by fitting work? Synthetic-only vs self-supervised vs supervised fine-tuning on fake NYU.
 
-    python benchmarks/selfsup.py [--seeds 3] [--ablation] [--label-free] [--quick] [--work DIR] [--json]
+    python benchmarks/selfsup.py [--seeds 3] [--pretrain-steps N] [--curve-every K] [--ablation] [--label-free]
+        [--quick] [--work DIR] [--json]
 
 For each seed: synthetic pretraining (``configs/synthetic-cpu.yaml``), then three fine-tunings from it for
 the same number of steps (``configs/selfsup-cpu.yaml``): synthetic-only continued (no real frames),
@@ -16,6 +17,12 @@ directly instead of pseudo-labels (``DIRECT``, the reference's way).
 ``--label-free``: the same self-supervision on shards cropped at the depth centre of mass with one fixed
 camera calibration (``shards nyu --center com --cameras fixed``) instead of labelled centres and per-frame
 cameras (first seed; evaluated on the test split cropped the same way).
+``--pretrain-steps N``: the pretraining's length (default 1,500; 600 with ``--quick``); its learning-rate
+decays stay at the same fractions of the run. Runs already in ``--work`` are reused, so give each length its
+own ``--work``.
+``--curve-every K``: the pretraining keeps a checkpoint every K steps and each is evaluated on the validation
+split (with the held-out synthetic error logged at the same steps): the pretraining curve, to see whether it
+reached a plateau.
 ``--quick``: small data and short runs, for the test that runs a reduced comparison.
 Prints a markdown table (also written to ``--notes``) and, with ``--json``, one JSON object last.
 """
@@ -28,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from machine import describe_machine
@@ -37,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's packages, for the per-subject evaluation and the mean pose
 from shards.fake_nyu import subject_of  # noqa: E402 (after the sys.path line above)
 from shards.reader import make_loader  # noqa: E402
-from train.checkpoint import load_network  # noqa: E402
+from train.checkpoint import list_checkpoints, load_network  # noqa: E402
 from train.losses import REAL_TERMS  # noqa: E402
 from train.predictions import collect_errors  # noqa: E402
 from train.pseudo_labels import SUMMARY_NAME  # noqa: E402
@@ -107,12 +114,14 @@ def build_data(work: Path, sizes: Sizes, label_free: bool) -> dict[str, Path]:
     return paths
 
 
-def train(config: str, run_dir: Path, steps: int, overrides: list[str]) -> None:
-    """A torchrun run to ``steps`` (resumed where an earlier, interrupted one stopped; skipped when done)."""
+def train(config: str, run_dir: Path, steps: int, overrides: list[str], every: int = 0) -> None:
+    """A torchrun run to ``steps`` (resumed where an earlier, interrupted one stopped; skipped when done),
+    evaluated at its end, or every ``every`` steps with all those checkpoints kept."""
+    every = every or steps
     if not (run_dir / "checkpoints" / f"step-{steps:09d}.pt").exists():
         python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train", "--config",
-               config, f"run.dir={run_dir}", f"run.steps={steps}", f"checkpoint.every={steps}", f"eval.every={steps}",
-               *overrides, log=run_dir / "train.log")
+               config, f"run.dir={run_dir}", f"run.steps={steps}", f"checkpoint.every={every}",
+               f"checkpoint.keep={-(-steps // every)}", f"eval.every={every}", *overrides, log=run_dir / "train.log")
 
 
 def pseudo_labels(pretrain: Path, real: Path, out: Path, sizes: Sizes, options: list[str]) -> tuple[Path, dict]:
@@ -125,11 +134,12 @@ def pseudo_labels(pretrain: Path, real: Path, out: Path, sizes: Sizes, options: 
     return out, json.loads(summary.read_text())["label_error_mm"]
 
 
-def evaluate(run_dir: Path, split: Path, name: str) -> float:
+def evaluate(run_dir: Path, split: Path, name: str, checkpoint: Path | None = None) -> float:
+    """Mean error on ``split`` of the run's newest checkpoint (or of ``checkpoint``), kept in ``eval-NAME``."""
     out = run_dir / f"eval-{name}"
     if not (out / "metrics.json").exists():
-        python("-m", "train.evaluate", "--checkpoint", str(run_dir), "--data", str(split), "--out", str(out),
-               "--num-workers", "0")
+        python("-m", "train.evaluate", "--checkpoint", str(checkpoint or run_dir), "--data", str(split), "--out",
+               str(out), "--num-workers", "0")
     return float(json.loads((out / "metrics.json").read_text())["mean_error_mm"])
 
 
@@ -143,24 +153,38 @@ def per_subject(run_dir: Path, split: Path, frames: int) -> dict[str, float]:
     return {str(s): float(collected.errors[[x == s for x in subjects]].mean()) for s in sorted(set(subjects))}
 
 
+def synthetic_errors(run_dir: Path) -> dict[int, float]:
+    """The held-out synthetic error the run logged, by step."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["eval/synthetic/mean_error_mm"] for r in records if "eval/synthetic/mean_error_mm" in r}
+
+
 def synthetic_error(run_dir: Path) -> float:
     """The last held-out synthetic error the run logged."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["eval/synthetic/mean_error_mm"] for r in records if "eval/synthetic/mean_error_mm" in r][-1]
+    return synthetic_errors(run_dir)[max(synthetic_errors(run_dir))]
+
+
+def pretraining_curve(run_dir: Path, val: Path) -> list[dict]:
+    """Validation and held-out synthetic error at each checkpoint the pretraining kept."""
+    synthetic = synthetic_errors(run_dir)
+    return [{"step": step, "val": evaluate(run_dir, val, f"val-step-{step}", path), "synthetic": synthetic.get(step)}
+            for step, path in list_checkpoints(run_dir / "checkpoints")]
 
 
 def newest_checkpoint(run_dir: Path) -> Path:
     return sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
 
 
-def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path) -> dict:
+def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int) -> dict:
     pretrain = work / f"seed{seed}" / "synthetic"
     train("configs/synthetic-cpu.yaml", pretrain, sizes.pretrain_steps,
-          [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}"])
+          [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}"], curve_every)
     row = {"seed": seed, "pretrained": {"test": evaluate(pretrain, paths["nyu"] / "test", "test"),
                                         "val": evaluate(pretrain, paths["val"] / "train", "val"),
                                         "subjects": per_subject(pretrain, paths["nyu"] / "test", sizes.test_frames),
                                         "synthetic": synthetic_error(pretrain)}}
+    if curve_every:
+        row["pretraining_curve"] = pretraining_curve(pretrain, paths["val"] / "train")
     fitted, row["pseudo_labels"] = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / "fitted", sizes, [])
     runs = {"synthetic_only": (REAL_TERMS_OFF + ["data.real_batch=0"], paths["nyu"]),
             "self_supervised": ([], fitted),
@@ -230,6 +254,12 @@ def report(result: dict) -> str:
               "mean over seeds: " + " / ".join(
                   f"{name} {spread([r['pseudo_labels'][name] for r in seeds])}" for name in ("network", "fused", "fitted"))
               + " mm."]
+    for row in seeds:
+        if "pretraining_curve" in row:
+            lines += ["", f"Pretraining curve (seed {row['seed']}): validation / held-out synthetic error (mm) at "
+                      "each kept checkpoint:", "", "| step | val | synthetic |", "| ---: | ---: | ---: |"]
+            lines += [f"| {point['step']} | {point['val']:.1f} | {point['synthetic']:.1f} |"
+                      for point in row["pretraining_curve"]]
     if result.get("ablation"):
         lines += ["", "Ablation (seed 0): pseudo-labels made with one part of the fitting off, then the same "
                   "fine-tuning; and the fitting terms' gradients instead of pseudo-labels:", "",
@@ -270,14 +300,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--ablation", action="store_true", help="each part of the fitting off in turn (first seed)")
     parser.add_argument("--label-free", action="store_true", help="centre-of-mass crops, fixed cameras")
+    parser.add_argument("--pretrain-steps", type=int, help="pretraining length (default 1500; --quick 600)")
+    parser.add_argument("--curve-every", type=int, default=0,
+                        help="evaluate the pretraining on val every K steps (default 0: only at its end)")
     parser.add_argument("--quick", action="store_true", help="small data, short runs")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "selfsup")
     parser.add_argument("--notes", type=Path, default=ROOT / "runs" / "bench" / "selfsup.md")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    if args.pretrain_steps is not None:
+        if args.pretrain_steps < 1:
+            parser.error(f"--pretrain-steps {args.pretrain_steps}: must be at least 1")
+        sizes = replace(sizes, pretrain_steps=args.pretrain_steps)
+    if args.curve_every < 0:
+        parser.error(f"--curve-every {args.curve_every}: must be 0 or more")
     paths = build_data(args.work, sizes, args.label_free)
-    seeds = [run_seed(seed, paths, sizes, args.work) for seed in range(args.seeds)]
+    seeds = [run_seed(seed, paths, sizes, args.work, args.curve_every) for seed in range(args.seeds)]
     result = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "sizes": vars(sizes) | {},
               "seeds": seeds, "summary": summarise(seeds),
               "mean_pose_test": float(mean_pose_errors(paths["nyu"]).errors.mean())}

@@ -31,3 +31,44 @@ def test_reduced_comparison(tmp_path: Path) -> None:
     assert row["supervised"]["val"] < row["synthetic_only"]["val"], row
     assert row["self_supervised"]["val"] < row["synthetic_only"]["val"], row
     assert "| mean ± sd |" in (tmp_path / "selfsup.md").read_text()
+
+
+def load_benchmark(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import selfsup
+    return selfsup
+
+
+def test_pretraining_keeps_and_evaluates_every_curve_step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    selfsup = load_benchmark(monkeypatch)
+    commands = []
+    monkeypatch.setattr(selfsup, "python", lambda *args, log=None: commands.append(args))
+    selfsup.train("configs/synthetic-cpu.yaml", tmp_path / "curve", 1000, ["run.seed=0"], 300)
+    selfsup.train("configs/synthetic-cpu.yaml", tmp_path / "plain", 1500, ["run.seed=0"])
+    # Checkpoints at 300, 600, 900 and the last step, all kept and evaluated; without a curve, only the last.
+    assert {"checkpoint.every=300", "checkpoint.keep=4", "eval.every=300"} <= set(commands[0]), commands[0]
+    assert {"checkpoint.every=1500", "checkpoint.keep=1", "eval.every=1500"} <= set(commands[1]), commands[1]
+
+
+def test_pretraining_curve_reads_each_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    selfsup = load_benchmark(monkeypatch)
+    run = tmp_path / "synthetic"
+    (run / "checkpoints").mkdir(parents=True)
+    records = []
+    for step, val, synthetic in ((500, 40.0, 30.0), (1000, 35.0, 25.0)):
+        (run / "checkpoints" / f"step-{step:09d}.pt").touch()
+        (run / f"eval-val-step-{step}").mkdir()
+        (run / f"eval-val-step-{step}" / "metrics.json").write_text(json.dumps({"mean_error_mm": val}))
+        records.append(json.dumps({"step": step, "eval/synthetic/mean_error_mm": synthetic}))
+    (run / "metrics.jsonl").write_text("\n".join([json.dumps({"step": 50, "loss": 1.0}), *records]) + "\n")
+    assert selfsup.pretraining_curve(run, tmp_path / "val") == [
+        {"step": 500, "val": 40.0, "synthetic": 30.0}, {"step": 1000, "val": 35.0, "synthetic": 25.0}]
+    assert selfsup.synthetic_error(run) == 25.0
+
+
+@pytest.mark.parametrize("option", [["--pretrain-steps", "0"], ["--curve-every", "-1"]])
+def test_bad_lengths_are_refused(option: list[str], tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "selfsup.py"), *option, "--work",
+                             str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"error: {' '.join(option)}" in result.stderr, result.stderr
+    assert not (tmp_path / "work").exists()
