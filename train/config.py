@@ -111,10 +111,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         check_run_dir(cfg.run)
     except ValueError as exc:
         raise ConfigError(f"config key {exc}") from None
+    _check_backend_device(cfg)  # a contradiction inside the config first: it holds on every machine
     if cfg.run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key 'run.device': cuda, but CUDA is not available on this machine "
                           "(set run.device=cpu or auto)")
-    _check_backend_device(cfg)
     return cfg
 
 
