@@ -295,6 +295,22 @@ def test_joint_target_terms_read_their_targets(model: hand.HandModel, scene: dic
                     step=0)
 
 
+def test_a_nan_pseudo_label_is_no_target(model: hand.HandModel, scene: dict) -> None:
+    """Joints the pseudo-labels leave as nan cost nothing and pass no nan gradient; the rest keep their MSE."""
+    losses = build_losses(LossConfig(fitted=TermConfig(1.0), prior=TermConfig(1e-2, enabled=False)), model, None,
+                          crop=CROP)
+    fitted = scene["joints"].clone()
+    fitted[:, :, :20] = float("nan")
+    predicted = (scene["joints"] + torch.tensor([3.0, 0.0, 0.0])).reshape(6, 41, 3)
+    predicted[:, :20] += 50.0  # far off where there is no target: must not count
+    predicted.requires_grad_(True)
+    cost = losses.real(real_output(predicted), {"depth": scene["depth"], "cams": scene["cams"], "fitted": fitted},
+                       step=0)["fitted"]
+    assert float(cost.detach()) == pytest.approx(9.0 / 3)
+    cost.backward()
+    assert torch.isfinite(predicted.grad).all() and float(predicted.grad[:, :20].abs().max()) == 0.0
+
+
 def test_hand_size_from_the_prediction(model: hand.HandModel) -> None:
     from train.losses import HandSizer, rigid_pairs
 

@@ -7,7 +7,7 @@ import torch
 
 from geometry import Crop
 from train.network import (NetworkConfig, NetworkOutput, build_network, cell_centres, decode_joints,
-                           spatial_softmax)
+                           heatmap_spread_px, spatial_softmax)
 from train.schema import from_dict
 
 TINY = NetworkConfig(stacks=1, width=16)
@@ -113,3 +113,13 @@ def test_narrow_splits_every_field() -> None:
     assert isinstance(part, NetworkOutput) and part.joints.shape[0] == 3
     assert all(t.shape[0] == 3 for t in part.heatmaps + part.depthmaps + part.logits + part.stack_joints)
     torch.testing.assert_close(part.joints, out.joints[2:])
+
+
+def test_heatmap_spread_is_the_rms_distance_from_the_soft_argmax() -> None:
+    centres = cell_centres(64, 16)  # 4 px cells
+    sharp = torch.zeros(1, 2, 16, 16)
+    sharp[0, 0, 5, 7] = 1.0
+    sharp[0, 1, 5, 7] = sharp[0, 1, 5, 9] = 0.5  # two cells 8 px apart in u: 4 px from their mean
+    torch.testing.assert_close(heatmap_spread_px(sharp, centres), torch.tensor([[0.0, 4.0]]))
+    uniform = torch.full((1, 1, 16, 16), 1 / 256)
+    assert float(heatmap_spread_px(uniform, centres)) > 20.0  # sqrt(2) * 64 / sqrt(12) px

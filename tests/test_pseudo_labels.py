@@ -19,7 +19,10 @@ from geometry import Crop
 from shards.reader import make_loader
 from train.network import NetworkConfig, NetworkOutput, build_network
 from tests.test_shards_corrupt import flip_payload
-from train.pseudo_labels import FITTED_ENTRY, SUMMARY_NAME, PseudoLabelConfig, fit_frames, main
+from geometry import invert_transform, transform_points
+from train.network import cell_centres
+from train.pseudo_labels import (AUDIT_NAME, FITTED_ENTRY, SUMMARY_NAME, PseudoLabelConfig, fit_frames,
+                                 free_space_violation_mm, main, trusted_joints)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -54,6 +57,50 @@ def test_fusion_and_fitting_each_bring_the_views_closer_to_the_truth(model: hand
     torch.testing.assert_close(unfitted["fitted"], unfitted["fused"])
 
 
+class ViewsWithSharedError(nn.Module):
+    """View 1 predicts the truth with one-hot heatmaps; views 2 and 3 are both 10 mm off the same way (one
+    network's views share errors) with flat heatmaps: unsure."""
+
+    def __init__(self, joints: torch.Tensor, cams: torch.Tensor) -> None:
+        super().__init__()
+        wrong = transform_points(invert_transform(cams), (transform_points(cams, joints) + torch.tensor([10.0, 0, 0])))
+        self.joints = torch.cat([joints[:, :1], wrong[:, 1:]], dim=1)
+        self.register_buffer("cell_centres_px", cell_centres(64, 16))
+
+    def forward(self, images: torch.Tensor) -> NetworkOutput:
+        frames, views, spheres = self.joints.shape[:3]
+        heatmaps = torch.full((frames, views, spheres, 16, 16), 1 / 256)
+        heatmaps[:, 0] = 0.0
+        heatmaps[:, 0, :, 8, 8] = 1.0
+        return NetworkOutput([heatmaps.flatten(0, 1)], [], self.joints.flatten(0, 1))
+
+
+def test_confidence_fusion_prefers_the_view_that_is_sure(model: hand.HandModel, scene: dict) -> None:
+    net = ViewsWithSharedError(scene["joints"], scene["cams"])
+    losses = PseudoLabelConfig().losses(model, Crop(64, 300.0))
+    errors = {fusion: view1_error(fit_frames(net, losses, scene["depth"], scene["cams"],
+                                             PseudoLabelConfig(steps=0, fusion=fusion))["fused"], scene["joints"])
+              for fusion in ("median", "confidence")}
+    assert errors["median"] > 9.0 and errors["confidence"] < 0.1, errors
+
+
+def test_joints_the_fit_cannot_vouch_for_keep_no_target(model: hand.HandModel, scene: dict) -> None:
+    crop = Crop(64, 300.0)
+    fitted = scene["joints"].clone()
+    common = transform_points(scene["cams"], fitted)[:, :1]  # view 1's frame
+    common[:, 0, 5, 2] -= 40.0  # sphere 5 floats 40 mm before the hand towards camera 1
+    moved = transform_points(invert_transform(scene["cams"]), common.expand(-1, 3, -1, -1))
+    violation = free_space_violation_mm(moved, model.radii, scene["depth"], crop)
+    assert float(violation[:, 5].min()) > 25.0 and float(violation[:, :5].max()) < 5.0, violation
+    spread = torch.zeros(2, 41)
+    spread[:, 7] = 30.0
+    result = {"fitted": moved, "view_spread": spread}
+    kept = trusted_joints(result, scene["depth"], model.radii, crop,
+                          PseudoLabelConfig(max_view_spread_mm=20.0, max_free_space_mm=15.0))
+    assert (~kept).nonzero()[:, 1].unique().tolist() == [5, 7]
+    assert trusted_joints(result, scene["depth"], model.radii, crop, PseudoLabelConfig()).all()  # checks off
+
+
 def save_network(path: Path, crop: Crop = Crop(64, 300.0)) -> Path:
     torch.manual_seed(0)
     cfg = NetworkConfig(stacks=1, width=16)
@@ -78,7 +125,11 @@ def test_command_writes_checked_shards_with_fits(checkpoint: Path, nyu_shards_gt
     assert manifest["samples"] == source["samples"] == summary["frames"]
     assert FITTED_ENTRY in manifest["keys"] and summary["settings"]["steps"] == 3
     assert json.loads((out / "train" / SUMMARY_NAME).read_text()) == summary
-    assert set(summary["label_error_mm"]) == {"network", "fused", "fitted"}
+    assert set(summary["label_error_mm"]) == {"network", "fused", "fitted", "fitted_kept"}
+    assert summary["kept_share"] == 1.0
+    audit = np.load(out / "train" / AUDIT_NAME)
+    assert audit["fitted"].shape == audit["kept"].shape == (summary["frames"], 14)
+    assert float(audit["fitted"].mean()) == pytest.approx(summary["label_error_mm"]["fitted"])
     assert (out / "test").resolve() == (nyu_shards_gt / "test").resolve()
     assert not os.path.isabs(os.readlink(out / "test"))  # the pair moves (or mounts) together
     fitted = next(iter(make_loader(out / "train", batch_size=8, batches_per_epoch=None, num_workers=0,
@@ -121,3 +172,17 @@ def test_a_corrupt_source_shard_stops_it_naming_shard_and_sample(checkpoint: Pat
     assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert str(shard) in error and key in error and "CRC32" in error, error
+
+
+def test_untrusted_joints_are_written_as_nan(checkpoint: Path, nyu_shards_gt: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "fitted"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(nyu_shards_gt), "--out", str(out), "steps=1",
+                 "fusion=confidence", "max_view_spread_mm=40"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    batch = next(iter(make_loader(out / "train", batch_size=64, batches_per_epoch=None, num_workers=0,
+                                  resampled=False)))
+    unknown = torch.isnan(batch["fitted"]).all(dim=-1)  # (B, 3, 41): a joint has a target in every view or none
+    assert (unknown == unknown[:, :1]).all()
+    assert 0.0 < summary["kept_share"] < 1.0
+    assert float(1 - unknown[:, 0].float().mean()) == pytest.approx(summary["kept_share"])

@@ -388,7 +388,9 @@ class HeatmapMeanLoss(nn.Module):
 
 class JointTargetLoss(nn.Module):
     """MSE (mm^2) of each view's predicted joints against per-view targets, summed over stacks: the labels
-    (``supervised``: the 36 NYU joints) or the fitted pseudo-labels (``fitted``: every sphere)."""
+    (``supervised``: the 36 NYU joints) or the fitted pseudo-labels (``fitted``: every sphere). A ``nan``
+    target is no target: the mean runs over the known coordinates (pseudo-labels leave the joints their fit
+    cannot vouch for as ``nan``)."""
 
     def __init__(self, target: Literal["labels", "fitted"], missing: str) -> None:
         super().__init__()
@@ -398,7 +400,11 @@ class JointTargetLoss(nn.Module):
         target = getattr(inputs, self.target)
         if target is None:
             raise ValueError(self.missing)
-        return sum(F.mse_loss(j[..., :target.shape[-2], :].float(), target) for j in inputs.stack_joints)
+        known = torch.isfinite(target)
+        count = known.sum().clamp_min(1)
+        target = torch.where(known, target, torch.zeros_like(target))
+        return sum(torch.where(known, j[..., :target.shape[-2], :].float() - target, 0.0).square().sum() / count
+                   for j in inputs.stack_joints)
 
 
 class Losses(nn.Module):

@@ -189,6 +189,16 @@ def decode_joints(heatmap: torch.Tensor, depthmap: torch.Tensor, cell_centres_px
     return crop.from_pixels(torch.stack([u, v, z], dim=-1))
 
 
+def heatmap_spread_px(heatmap: torch.Tensor, cell_centres_px: torch.Tensor) -> torch.Tensor:
+    """(B, J, H, W) probabilities -> (B, J) root-mean-square distance (crop pixels) of the heatmap's mass from
+    its soft-argmax position: how unsure the network is where each joint lies in the image (small: one peak)."""
+    spread = []
+    for marginal in (heatmap.sum(dim=-2), heatmap.sum(dim=-1)):  # over columns (u), then over rows (v)
+        mean = (marginal * cell_centres_px).sum(dim=-1, keepdim=True)
+        spread.append((marginal * (cell_centres_px - mean).square()).sum(dim=-1))
+    return (spread[0] + spread[1]).sqrt()
+
+
 def cell_centres(size: int, heatmap_size: int, device: torch.device | None = None) -> torch.Tensor:
     """Crop-pixel coordinates (heatmap_size,) of the heatmap cell centres for an S x S crop."""
     return (torch.arange(heatmap_size, dtype=torch.float32, device=device) + 0.5) * (size / heatmap_size)

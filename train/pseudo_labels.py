@@ -6,9 +6,13 @@ training stage (``loss.fitted``).
         [--config configs/pseudo-labels.yaml] [steps=100 collision=1.0 ...] [--device cpu]
 
 Per frame of ``DATA/train``: the network predicts every view (3 images); the views' joints are mapped into
-view 1's frame and fused by their per-coordinate median (the multi-view consistency estimate); then the
-fused sphere centres are refined by Adam on the fitting terms of :mod:`train.losses` (projection into all
-views, collision, bone length; :meth:`train.losses.Losses.real_cost`) for ``steps`` steps. The settings are
+view 1's frame and fused (``fusion``: their per-coordinate median, the multi-view consistency estimate, or
+each joint weighted by how sharp its heatmap is in each view); then the fused sphere centres are refined by
+Adam on the fitting terms of :mod:`train.losses` (projection into all views, collision, bone length;
+:meth:`train.losses.Losses.real_cost`) for ``steps`` steps. Joints the fit cannot vouch for can be left
+without a target (``nan`` in ``fitted.npy``; ``loss.fitted`` skips them): those whose views disagree
+(``max_view_spread_mm``) and those whose fitted sphere floats in front of the observed depth in some view,
+where the camera would have seen it (``max_free_space_mm``). The settings are
 a :class:`PseudoLabelConfig` (defaults, then ``--config`` YAML, then ``key=value`` overrides, checked as
 strictly as the training config). ``OUT/train`` gets every sample unchanged plus ``fitted.npy`` ((3, J, 3)
 mm, the fit in each view's crop frame; :mod:`shards.derive` writes it); ``OUT/test`` links to ``DATA/test``
@@ -29,22 +33,26 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from fileio import write_json_atomic
+from fileio import write_atomic, write_json_atomic
 from geometry import Crop, invert_transform, transform_points
 from hand import HandModel
 from shards.derive import derive_split, link_split
 from shards.format import ShardsError, check_crop, read_manifest
+from shards.nyu_protocol import NYU_EVAL_JOINTS
 from train.checkpoint import CheckpointError, load_network, resolve_checkpoint
 from train.losses import FITTED_ENTRY, LossConfig, Losses, RealInputs, TermConfig, build_losses, fuse_views
+from train.network import heatmap_spread_px
 from train.schema import ConfigError, load_yaml
 from train.scores import joint_errors
 
 SUMMARY_NAME = "pseudo_labels.json"
+AUDIT_NAME = "label_errors.npz"  # per frame and evaluated joint, where the shards carry labels (a diagnosis)
 FITTING_TERMS = ("projection", "collision", "bone_length")
 
 
@@ -54,6 +62,12 @@ class PseudoLabelConfig:
 
     steps: int = 50  # Adam steps per frame (0: the fused views alone)
     fuse: bool = True  # fuse the views before fitting (False: each view's prediction is fitted on its own)
+    # median: per coordinate over the views; confidence: each view's joint weighted by 1 / (its heatmap's
+    # spread)^2, so the view that sees a joint clearly outvotes those that guess (one network's views share
+    # their errors, which a median does not remove).
+    fusion: Literal["median", "confidence"] = "median"
+    max_view_spread_mm: float = 0.0  # no target for a joint whose views lie further apart (0: keep every joint)
+    max_free_space_mm: float = 0.0  # no target for a sphere this far before the depth in a view (0: keep)
     lr_mm: float = 0.5  # Adam step size, mm per step
     projection: float = 1.0  # weight of the mutual projection term (the fused hand against each view's depth)
     # Collision and bone length weigh 10x their training defaults (loss.collision, loss.bone_length: 1.0):
@@ -66,6 +80,9 @@ class PseudoLabelConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_frames < 1 or not self.lr_mm > 0:
             raise ValueError(f"bad pseudo-label settings {asdict(self)}: steps >= 0, batch_frames >= 1, lr_mm > 0")
+        for name in ("max_view_spread_mm", "max_free_space_mm"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"pseudo-label setting {name!r} is a distance >= 0 (0: off), got {getattr(self, name)}")
         for name in FITTING_TERMS:
             if getattr(self, name) < 0:
                 raise ValueError(f"pseudo-label setting {name!r} is a weight >= 0 (0: off), got {getattr(self, name)}")
@@ -78,14 +95,39 @@ class PseudoLabelConfig:
         return build_losses(LossConfig(**off, **on, projection_pairs="same_view"), hand, crop=crop)
 
 
+def fuse_by_confidence(common: torch.Tensor, spread_px: torch.Tensor) -> torch.Tensor:
+    """The views' joints in one frame (B, V, J, 3) and their heatmap spreads (B, V, J) -> (B, 1, J, 3): each
+    joint the mean of the views weighted by 1 / spread^2 (the inverse variance of a heatmap's position)."""
+    weight = spread_px.clamp_min(1e-3).square().reciprocal().unsqueeze(-1)
+    return (common * weight).sum(dim=1, keepdim=True) / weight.sum(dim=1, keepdim=True)
+
+
+def free_space_violation_mm(joints: torch.Tensor, radii: torch.Tensor, depth: torch.Tensor, crop: Crop) -> torch.Tensor:
+    """Per-view spheres (B, V, J, 3) crop-frame mm -> (B, J): how far (mm) a sphere's front lies before the
+    observed depth at its pixel, at most over the views (> 0: the camera sees past where the sphere is). The
+    depth is the nearest within 1 px (a missing sensor pixel reads as background); outside the crop: 0."""
+    size = depth.shape[-1]
+    nearest = -F.max_pool2d(-depth, kernel_size=3, stride=1, padding=1)
+    uvz = crop.to_pixels(joints)
+    column, row = uvz[..., 0].floor().long(), uvz[..., 1].floor().long()
+    inside = (column >= 0) & (column < size) & (row >= 0) & (row < size)
+    index = (row.clamp(0, size - 1) * size + column.clamp(0, size - 1))
+    observed = nearest.flatten(-2).gather(-1, index)
+    gap = observed - (joints[..., 2] - radii.to(joints))
+    return torch.where(inside, gap, torch.zeros_like(gap)).amax(dim=1).clamp_min(0)
+
+
 def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: torch.Tensor,
                cfg: PseudoLabelConfig) -> dict[str, torch.Tensor]:
     """depth (B, V, S, S) mm, cams (B, V, 4, 4) -> per-view joints (B, V, J, 3) of the network (``network``),
     of the fit's start (``fused``: the fused views, or the network's with ``fuse`` off) and of the fit
-    (``fitted``), and the fitting cost per step (``cost``)."""
+    (``fitted``), the fitting cost per step (``cost``) and how far apart the views' predictions lie
+    (``view_spread``, (B, J) mm: the middle view's distance from the fused joint; two views that agree
+    make it small)."""
     frames, views, size = depth.shape[0], depth.shape[1], depth.shape[-1]
     with torch.no_grad():
-        network = net(depth.reshape(-1, 1, size, size)).joints.reshape(frames, views, -1, 3).float()
+        output = net(depth.reshape(-1, 1, size, size))
+        network = output.joints.reshape(frames, views, -1, 3).float()
     to_views = invert_transform(cams)
 
     def per_view(common: torch.Tensor) -> torch.Tensor:  # (B, 1 or V, J, 3) in view 1's frame -> (B, V, J, 3)
@@ -95,6 +137,9 @@ def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: 
         return losses.real_cost(RealInputs([per_view(joints)], [], depth, cams, None, None, consistency_phase=True))
 
     common, fused = fuse_views(network, cams)  # (B, V, J, 3) and (B, 1, J, 3), view 1's frame
+    if cfg.fusion == "confidence":
+        spread_px = heatmap_spread_px(output.heatmaps[-1].float(), net.cell_centres_px)
+        fused = fuse_by_confidence(common, spread_px.reshape(frames, views, -1))
     start = fused if cfg.fuse else common
     joints = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([joints], lr=cfg.lr_mm)
@@ -108,7 +153,18 @@ def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: 
     with torch.no_grad():
         costs.append(cost_of(joints))
     return {"network": network, "fused": per_view(start), "fitted": per_view(joints.detach()),
-            "cost": torch.stack(costs)}
+            "cost": torch.stack(costs), "view_spread": (common - fused).norm(dim=-1).median(dim=1).values}
+
+
+def trusted_joints(result: dict[str, torch.Tensor], depth: torch.Tensor, radii: torch.Tensor, crop: Crop,
+                   cfg: PseudoLabelConfig) -> torch.Tensor:
+    """(B, J) bool: the joints of :func:`fit_frames`' result that keep a target under ``cfg``'s checks."""
+    kept = torch.ones_like(result["view_spread"], dtype=torch.bool)
+    if cfg.max_view_spread_mm > 0:
+        kept &= result["view_spread"] <= cfg.max_view_spread_mm
+    if cfg.max_free_space_mm > 0:
+        kept &= free_space_violation_mm(result["fitted"], radii, depth, crop) <= cfg.max_free_space_mm
+    return kept
 
 
 @dataclass
@@ -121,37 +177,62 @@ class PseudoLabelSummary:
     settings: dict
     cost_fused: float  # mean fitting cost at the fused views
     cost_fitted: float  # mean fitting cost after the fit
-    label_error_mm: dict | None  # view-1 mean error of network / fused / fitted on the 14 NYU joints, if labelled
+    kept_share: float  # share of the frames' spheres that keep a target (1.0 without the trust checks)
+    # View-1 mean error of network / fused / fitted on the 14 NYU joints, and of the fitted joints that kept a
+    # target (fitted_kept), if labelled; per frame and joint in label_errors.npz.
+    label_error_mm: dict | None
 
 
 class FrameFitter:
-    """The ``add`` step of :func:`shards.derive.derive_split`: fits chunks of decoded samples and keeps the
-    costs and (where the samples carry labels) the errors for the summary."""
+    """The ``add`` step of :func:`shards.derive.derive_split`: fits chunks of decoded samples, leaves the
+    joints it cannot vouch for without a target (``nan``), and keeps the costs and (where the samples carry
+    labels) the per-joint errors for the summary and the audit."""
 
-    def __init__(self, net: torch.nn.Module, losses: Losses, cfg: PseudoLabelConfig, device: str) -> None:
-        self.net, self.losses, self.cfg, self.device = net, losses, cfg, device
+    def __init__(self, net: torch.nn.Module, losses: Losses, cfg: PseudoLabelConfig, radii: torch.Tensor,
+                 crop: Crop, device: str) -> None:
+        self.net, self.losses, self.cfg, self.radii, self.crop, self.device = net, losses, cfg, radii, crop, device
         self.costs: list[torch.Tensor] = []
-        self.errors: dict[str, list[np.ndarray]] = {"network": [], "fused": [], "fitted": []}
+        self.kept: list[np.ndarray] = []  # (B, J) per chunk
+        self.frames: list[int] = []
+        self.errors: dict[str, list[np.ndarray]] = {"network": [], "fused": [], "fitted": []}  # (B, 14) per chunk
         self.labelled = True
 
     def __call__(self, samples: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-        result = fit_frames(self.net, self.losses, self._stacked(samples, "depth"), self._stacked(samples, "cams"),
-                            self.cfg)
+        depth = self._stacked(samples, "depth")
+        result = fit_frames(self.net, self.losses, depth, self._stacked(samples, "cams"), self.cfg)
+        kept = trusted_joints(result, depth, self.radii, self.crop, self.cfg).cpu().numpy()
         self.costs.append(result["cost"][[0, -1]].cpu())
+        self.kept.append(kept)
+        self.frames += [int(sample.get("meta", {}).get("frame", -1)) for sample in samples]
         self.labelled &= all("joints" in sample for sample in samples)
         if self.labelled:
             labels = np.stack([sample["joints"][0] for sample in samples])
             for name, errors in self.errors.items():
-                errors.append(joint_errors(result[name][:, 0].cpu().numpy(), labels).mean(-1))
-        return [{FITTED_ENTRY: joints} for joints in result["fitted"].cpu().numpy().astype(np.float32)]
+                errors.append(joint_errors(result[name][:, 0].cpu().numpy(), labels))
+        fitted = result["fitted"].cpu().numpy().astype(np.float32)
+        fitted[~np.broadcast_to(kept[:, None, :, None], fitted.shape)] = np.nan
+        return [{FITTED_ENTRY: joints} for joints in fitted]
 
     def _stacked(self, samples: list[dict[str, Any]], field: str) -> torch.Tensor:
         return torch.tensor(np.stack([sample[field] for sample in samples]), dtype=torch.float32, device=self.device)
 
-    def label_errors(self) -> dict[str, float] | None:
+    def kept_share(self) -> float:
+        return float(np.concatenate(self.kept).mean()) if self.kept else 1.0
+
+    def label_errors(self) -> dict[str, np.ndarray] | None:
+        """Per frame and evaluated joint (N, 14): each stage's error, and ``kept`` (bool); None if unlabelled."""
         if not self.labelled or not self.errors["network"]:
             return None
-        return {name: float(np.concatenate(errors).mean()) for name, errors in self.errors.items()}
+        errors = {name: np.concatenate(chunks) for name, chunks in self.errors.items()}
+        return errors | {"kept": np.concatenate(self.kept)[:, NYU_EVAL_JOINTS], "frame": np.asarray(self.frames)}
+
+    def label_error_means(self) -> dict[str, float] | None:
+        errors = self.label_errors()
+        if errors is None:
+            return None
+        means = {name: float(errors[name].mean()) for name in self.errors}
+        return means | {"fitted_kept": float(errors["fitted"][errors["kept"]].mean()) if errors["kept"].any()
+                        else float("nan")}
 
 
 def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: PseudoLabelConfig,
@@ -165,11 +246,16 @@ def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg:
     checkpoint = resolve_checkpoint(checkpoint)
     net, crop, _ = load_network(checkpoint, device)
     check_crop(source, crop, f"the network of {checkpoint}")
-    fitter = FrameFitter(net, cfg.losses(HandModel(), crop).to(device), cfg, device)
+    hand = HandModel()
+    fitter = FrameFitter(net, cfg.losses(hand, crop).to(device), cfg, hand.radii.detach().float().to(device), crop,
+                         device)
     manifest = derive_split(source, target, fitter, chunk=cfg.batch_frames, desc="fitting frames")
     cost = torch.stack(fitter.costs).mean(0).tolist() if fitter.costs else [float("nan")] * 2
     summary = PseudoLabelSummary(str(checkpoint), str(source), int(manifest["samples"]), asdict(cfg), cost[0], cost[1],
-                                 fitter.label_errors())
+                                 fitter.kept_share(), fitter.label_error_means())
+    audit = fitter.label_errors()
+    if audit is not None:
+        write_atomic(target / AUDIT_NAME, lambda file: np.savez(file, **audit))
     write_json_atomic(target / SUMMARY_NAME, asdict(summary))
     link_split(Path(data), Path(out), "test")
     return summary
