@@ -1,7 +1,7 @@
 """Does training by fitting work? Synthetic-only vs self-supervised vs supervised fine-tuning on fake NYU.
 
-    python benchmarks/selfsup.py [--seeds 3] [--pretrain-steps N] [--curve-every K] [--ablation] [--label-free]
-        [--quick] [--work DIR] [--json]
+    python benchmarks/selfsup.py [--seeds 3] [--pretrain-steps N] [--curve-every K] [--variants] [--ablation]
+        [--label-free] [--quick] [--work DIR] [--results benchmarks/results/selfsup.json] [--json]
 
 For each seed: synthetic pretraining (``configs/synthetic-cpu.yaml``), then three fine-tunings from it for
 the same number of steps (``configs/selfsup-cpu.yaml``): synthetic-only continued (no real frames),
@@ -9,7 +9,12 @@ self-supervised (fitted pseudo-labels of the unlabelled fake-NYU train split, ``
 train.pseudo_labels`` from the pretrained network, then ``loss.fitted``) and supervised (the real frames'
 labels instead: the upper bound). All training runs are 2-process torchrun runs, evaluated on the fake-NYU
 test split (100 frames, 2 subjects) and on a validation split (more frames of the train subject,
-``fake-nyu --seed 1``: settings were chosen on it, never on test).
+``fake-nyu --seed 1``: settings were chosen on it, never on test). The frames show the hand without the
+person behind it (``fake-nyu --no-body``): these crops are cut at the labelled centres, and the person is
+the centre finder's problem (``benchmarks/centre.py``).
+
+``--variants`` (every seed): the pseudo-label improvements of ``PSEUDO_LABEL_VARIANTS`` (confidence fusion,
+the view-agreement and free-space checks), each alone and all together, each fine-tuned the same way.
 
 ``--ablation`` (first seed): the pseudo-labels made with one part of the fitting off in turn (``FIT_ABLATION``:
 the view fusion, the fitting steps, each fitting term), and fine-tuning on the fitting terms' gradients
@@ -24,7 +29,9 @@ own ``--work``.
 split (with the held-out synthetic error logged at the same steps): the pretraining curve, to see whether it
 reached a plateau.
 ``--quick``: small data and short runs, for the test that runs a reduced comparison.
-Prints a markdown table (also written to ``--notes``) and, with ``--json``, one JSON object last.
+Prints a markdown table (also written to ``--notes``), writes every figure to ``--results`` when given
+(top-level ``gap_share``: the share of the synthetic-only -> supervised gap on test closed by
+self-supervision, mean over seeds) and, with ``--json``, prints one JSON object last.
 """
 
 from __future__ import annotations
@@ -54,6 +61,12 @@ REAL_TERMS_OFF = [f"loss.{term}.enabled=false" for term in REAL_TERMS]
 # Pseudo-labels with one part of the fitting off (train.pseudo_labels options; first seed).
 FIT_ABLATION = {"view fusion (each view fitted apart)": ["fuse=false"], "fitting steps (fused views only)": ["steps=0"],
                 "projection": ["projection=0"], "collision": ["collision=0"], "bone_length": ["bone_length=0"]}
+# Pseudo-label improvements (train.pseudo_labels settings; --variants, every seed), each alone and together:
+# the views fused by heatmap confidence; targets only for joints whose views agree within 15 mm; none for
+# spheres the fit leaves 10 mm before the observed depth.
+PSEUDO_LABEL_VARIANTS = {"confidence fusion": ["fusion=confidence"], "view agreement": ["max_view_spread_mm=15"],
+                         "free space": ["max_free_space_mm=10"]}
+PSEUDO_LABEL_VARIANTS["all three"] = [option for options in PSEUDO_LABEL_VARIANTS.values() for option in options]
 # The reference's way: fine-tuning on the fitting terms' gradients, no pseudo-labels (weights chosen on val).
 DIRECT_WEIGHTS = {"projection": 1e-2, "consistency": 0.1, "collision": 0.1, "bone_length": 0.1, "heatmap_mean": 1e-2}
 DIRECT = [*REAL_TERMS_OFF, *(f"loss.{term}.enabled=true" for term in DIRECT_WEIGHTS),
@@ -97,12 +110,12 @@ def build_data(work: Path, sizes: Sizes, label_free: bool) -> dict[str, Path]:
              "synth": work / "synth", "nyu_label_free": work / "nyu-com-fixed"}
     if not (paths["nyu"] / "test" / "manifest.json").exists():
         python("-m", "shards", "fake-nyu", "--out", str(paths["raw"]), "--train", str(sizes.train_frames),
-               "--test", str(sizes.test_frames), "--seed", "0")
+               "--test", str(sizes.test_frames), "--seed", "0", "--no-body")
         python("-m", "shards", "nyu", "--nyu-root", str(paths["raw"]), "--out", str(paths["nyu"]),
                "--samples-per-shard", "32", "--workers", "2")
     if not (paths["val"] / "train" / "manifest.json").exists():
         python("-m", "shards", "fake-nyu", "--out", str(paths["val_raw"]), "--train", str(sizes.val_frames),
-               "--test", "0", "--seed", "1")
+               "--test", "0", "--seed", "1", "--no-body")
         python("-m", "shards", "nyu", "--nyu-root", str(paths["val_raw"]), "--out", str(paths["val"]),
                "--samples-per-shard", "32", "--workers", "2")
     if label_free and not (paths["nyu_label_free"] / "test" / "manifest.json").exists():
@@ -126,12 +139,14 @@ def train(config: str, run_dir: Path, steps: int, overrides: list[str], every: i
 
 def pseudo_labels(pretrain: Path, real: Path, out: Path, sizes: Sizes, options: list[str]) -> tuple[Path, dict]:
     """Fitted pseudo-labels of ``real``/train from the pretrained network (made once): their root and their
-    view-1 error against the train labels (network / fused / fitted, from ``pseudo_labels.json``)."""
+    view-1 error against the train labels (network / fused / fitted, from ``pseudo_labels.json``, with the
+    share of joints that kept a target where the summary records it)."""
     summary = out / "train" / SUMMARY_NAME
     if not summary.exists():
         python("-m", "train.pseudo_labels", "--checkpoint", str(pretrain), "--data", str(real), "--out", str(out),
                f"steps={sizes.fit_steps}", *options)
-    return out, json.loads(summary.read_text())["label_error_mm"]
+    recorded = json.loads(summary.read_text())
+    return out, recorded["label_error_mm"] | ({"kept_share": recorded["kept_share"]} if "kept_share" in recorded else {})
 
 
 def evaluate(run_dir: Path, split: Path, name: str, checkpoint: Path | None = None) -> float:
@@ -175,7 +190,7 @@ def newest_checkpoint(run_dir: Path) -> Path:
     return sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
 
 
-def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int) -> dict:
+def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int, variants: bool) -> dict:
     pretrain = work / f"seed{seed}" / "synthetic"
     train("configs/synthetic-cpu.yaml", pretrain, sizes.pretrain_steps,
           [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}"], curve_every)
@@ -191,6 +206,13 @@ def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_
             "supervised": (REAL_TERMS_OFF + ["loss.supervised.enabled=true"], paths["nyu"])}
     for name, (extra, real) in runs.items():
         row[name] = finetune(name, seed, pretrain, paths, sizes, work, extra, real)
+    if variants:
+        row["variants"] = {}
+        for index, (name, options) in enumerate(PSEUDO_LABEL_VARIANTS.items()):
+            fitted, errors = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / f"fitted_variant_{index}",
+                                           sizes, options)
+            row["variants"][name] = finetune(f"variant_{index}", seed, pretrain, paths, sizes, work, [], fitted) | {
+                "pseudo_labels": errors}
     return row
 
 
@@ -272,11 +294,28 @@ def report(result: dict) -> str:
                   f"{row['subjects']['1']:.1f} | {row['subjects']['2']:.1f} |" if "pseudo_labels" in row else
                   f"| {name} | - | {row['test']:.1f} | {row['val']:.1f} | {row['subjects']['1']:.1f} | "
                   f"{row['subjects']['2']:.1f} |" for name, row in result["ablation"].items()]
+    if seeds[0].get("variants"):
+        names, seeds = list(seeds[0]["variants"]), [row for row in seeds if "variants" in row]
+        lines += ["", "Pseudo-label improvements (`PSEUDO_LABEL_VARIANTS`), each alone and together, then the same "
+                  f"fine-tuning; mean ± sd over seeds {[r['seed'] for r in seeds]} (pseudo-labels: view-1 error of the fits on the train split, "
+                  "and of the joints that kept a target):", "",
+                  "| self-supervised run | pseudo-labels (train) | kept joints | kept joints' error | test | val |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |",
+                  f"| plain (median fusion, every joint) | {spread([r['pseudo_labels']['fitted'] for r in seeds])} | "
+                  f"100% | - | {spread([r['self_supervised']['test'] for r in seeds])} | "
+                  f"{spread([r['self_supervised']['val'] for r in seeds])} |"]
+        for name in names:
+            runs = [r["variants"][name] for r in seeds]
+            lines.append(f"| {name} | {spread([v['pseudo_labels']['fitted'] for v in runs])} | "
+                         f"{100 * statistics.mean(v['pseudo_labels'].get('kept_share', 1.0) for v in runs):.0f}% | "
+                         f"{spread([v['pseudo_labels'].get('fitted_kept', v['pseudo_labels']['fitted']) for v in runs])}"
+                         f" | {spread([v['test'] for v in runs])} | {spread([v['val'] for v in runs])} |")
     if result.get("label_free"):
         row = result["label_free"]
         lines += ["", f"Label-free shards (`--center com --cameras fixed`, seed 0): self-supervised "
                       f"{row['test']:.1f} mm on their test split, the pretrained network {row['pretrained_test']:.1f} "
-                      f"mm there (val, cropped at the labels: {row['val']:.1f}); labelled centres and per-frame "
+                      f"mm there, synthetic-only {row['synthetic_only_test']:.1f} mm there (val, cropped at the "
+                      f"labels: {row['val']:.1f}); labelled centres and per-frame "
                       f"cameras: {seeds[0]['self_supervised']['test']:.1f} mm."]
     return "\n".join(lines) + "\n"
 
@@ -306,7 +345,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small data, short runs")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "selfsup")
     parser.add_argument("--notes", type=Path, default=ROOT / "runs" / "bench" / "selfsup.md")
+    parser.add_argument("--variants", action="store_true",
+                        help="the pseudo-label improvements, alone and together, on every seed")
+    parser.add_argument("--variant-seeds", type=int, default=None,
+                        help="run --variants on the first N seeds only (default: every seed)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="also write every figure as JSON here (benchmarks/results/selfsup.json; top-level "
+                             "gap_share: the share of the synthetic-only -> supervised gap closed, mean over seeds)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.pretrain_steps is not None:
@@ -316,9 +362,12 @@ def main() -> None:
     if args.curve_every < 0:
         parser.error(f"--curve-every {args.curve_every}: must be 0 or more")
     paths = build_data(args.work, sizes, args.label_free)
-    seeds = [run_seed(seed, paths, sizes, args.work, args.curve_every) for seed in range(args.seeds)]
-    result = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "sizes": vars(sizes) | {},
-              "seeds": seeds, "summary": summarise(seeds),
+    variant_seeds = args.seeds if args.variant_seeds is None else args.variant_seeds
+    seeds = [run_seed(seed, paths, sizes, args.work, args.curve_every, args.variants and seed < variant_seeds)
+             for seed in range(args.seeds)]
+    summary = summarise(seeds)
+    result = {"gap_share": summary["gap_share"], "machine": describe_machine(), "date": time.strftime("%Y-%m-%d"),
+              "sizes": vars(sizes) | {}, "seeds": seeds, "summary": summary,
               "mean_pose_test": float(mean_pose_errors(paths["nyu"]).errors.mean())}
     if args.ablation:
         result["ablation"] = ablation(paths, sizes, args.work)
@@ -327,10 +376,15 @@ def main() -> None:
         fitted, _ = pseudo_labels(pretrain, paths["nyu_label_free"], args.work / "seed0" / "fitted_label_free", sizes, [])
         result["label_free"] = finetune("self_supervised_label_free", 0, pretrain, paths, sizes, args.work, [], fitted)
         result["label_free"]["pretrained_test"] = evaluate(pretrain, paths["nyu_label_free"] / "test", "test-label-free")
+        result["label_free"]["synthetic_only_test"] = evaluate(args.work / "seed0" / "synthetic_only",
+                                                               paths["nyu_label_free"] / "test", "test-label-free")
     text = report(result)
     print(text)
     args.notes.parent.mkdir(parents=True, exist_ok=True)
     args.notes.write_text("# Training by fitting (benchmarks/selfsup.py)\n\n" + text)
+    if args.results is not None:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
         print(json.dumps(result))
 
