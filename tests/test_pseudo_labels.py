@@ -155,6 +155,10 @@ def test_command_bad_inputs_exit_2_naming_them(checkpoint: Path, nyu_shards_gt: 
     (synthetic_root / "train").symlink_to(synthetic_shards, target_is_directory=True)
     assert "kind 'synthetic'" in fails("--data", str(synthetic_root), "--out", str(tmp_path / "o"))
     assert "steps >= 0" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), "steps=-1")
+    assert "expected one of 'median', 'confidence', got 'mean'" in fails(
+        "--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), "fusion=mean")
+    assert "'max_free_space_mm' is a distance >= 0" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"),
+                                                             "max_free_space_mm=-2")
     assert "unknown config key 'stepz'" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), "stepz=1")
     other_crop = save_network(tmp_path / "step-2.pt", Crop(64, 250.0))
     error = fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), net=other_crop)
