@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -190,7 +191,8 @@ def newest_checkpoint(run_dir: Path) -> Path:
     return sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
 
 
-def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int, variants: bool) -> dict:
+def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int,
+             variants: list[str]) -> dict:
     pretrain = work / f"seed{seed}" / "synthetic"
     train("configs/synthetic-cpu.yaml", pretrain, sizes.pretrain_steps,
           [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}"], curve_every)
@@ -209,6 +211,8 @@ def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_
     if variants:
         row["variants"] = {}
         for index, (name, options) in enumerate(PSEUDO_LABEL_VARIANTS.items()):
+            if name not in variants:
+                continue
             fitted, errors = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / f"fitted_variant_{index}",
                                            sizes, options)
             row["variants"][name] = finetune(f"variant_{index}", seed, pretrain, paths, sizes, work, [], fitted) | {
@@ -294,22 +298,26 @@ def report(result: dict) -> str:
                   f"{row['subjects']['1']:.1f} | {row['subjects']['2']:.1f} |" if "pseudo_labels" in row else
                   f"| {name} | - | {row['test']:.1f} | {row['val']:.1f} | {row['subjects']['1']:.1f} | "
                   f"{row['subjects']['2']:.1f} |" for name, row in result["ablation"].items()]
-    if seeds[0].get("variants"):
-        names, seeds = list(seeds[0]["variants"]), [row for row in seeds if "variants" in row]
+    names = [name for name in PSEUDO_LABEL_VARIANTS if any(name in r.get("variants", {}) for r in seeds)]
+    if names:
         lines += ["", "Pseudo-label improvements (`PSEUDO_LABEL_VARIANTS`), each alone and together, then the same "
-                  f"fine-tuning; mean ± sd over seeds {[r['seed'] for r in seeds]} (pseudo-labels: view-1 error of the fits on the train split, "
-                  "and of the joints that kept a target):", "",
-                  "| self-supervised run | pseudo-labels (train) | kept joints | kept joints' error | test | val |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |",
-                  f"| plain (median fusion, every joint) | {spread([r['pseudo_labels']['fitted'] for r in seeds])} | "
-                  f"100% | - | {spread([r['self_supervised']['test'] for r in seeds])} | "
-                  f"{spread([r['self_supervised']['val'] for r in seeds])} |"]
+                  "fine-tuning; mean ± sd over the seeds that ran each (pseudo-labels: view-1 error of the fits on "
+                  "the train split, and of the joints that kept a target; gap share: of the synthetic-only -> "
+                  "supervised gap on test, those seeds):", "",
+                  "| self-supervised run | seeds | pseudo-labels (train) | kept joints | kept joints' error | test | "
+                  "val | gap share |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+                  f"| plain (median fusion, every joint) | {len(seeds)} | "
+                  f"{spread([r['pseudo_labels']['fitted'] for r in seeds])} | 100% | - | "
+                  f"{spread([r['self_supervised']['test'] for r in seeds])} | "
+                  f"{spread([r['self_supervised']['val'] for r in seeds])} | {100 * gap_share(seeds):.0f}% |"]
         for name in names:
-            runs = [r["variants"][name] for r in seeds]
-            lines.append(f"| {name} | {spread([v['pseudo_labels']['fitted'] for v in runs])} | "
+            ran = [r for r in seeds if name in r.get("variants", {})]
+            runs = [r["variants"][name] for r in ran]
+            lines.append(f"| {name} | {len(ran)} | {spread([v['pseudo_labels']['fitted'] for v in runs])} | "
                          f"{100 * statistics.mean(v['pseudo_labels'].get('kept_share', 1.0) for v in runs):.0f}% | "
                          f"{spread([v['pseudo_labels'].get('fitted_kept', v['pseudo_labels']['fitted']) for v in runs])}"
-                         f" | {spread([v['test'] for v in runs])} | {spread([v['val'] for v in runs])} |")
+                         f" | {spread([v['test'] for v in runs])} | {spread([v['val'] for v in runs])} | "
+                         f"{100 * gap_share(ran, lambda r: r['variants'][name]):.0f}% |")
     if result.get("label_free"):
         row = result["label_free"]
         lines += ["", f"Label-free shards (`--center com --cameras fixed`, seed 0): self-supervised "
@@ -320,14 +328,20 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gap_share(seeds: list[dict], self_supervised: Callable[[dict], dict] = lambda r: r["self_supervised"]) -> float:
+    """Share of the synthetic-only -> supervised gap on test (means over ``seeds``) closed by self-supervision."""
+    synthetic_only = statistics.mean(r["synthetic_only"]["test"] for r in seeds)
+    gap = synthetic_only - statistics.mean(r["supervised"]["test"] for r in seeds)
+    return (synthetic_only - statistics.mean(self_supervised(r)["test"] for r in seeds)) / gap if gap > 0 else 0.0
+
+
 def summarise(seeds: list[dict]) -> dict:
     mean = lambda name, split="test": statistics.mean(r[name][split] for r in seeds)  # noqa: E731
     gains = [r["synthetic_only"]["test"] - r["self_supervised"]["test"] for r in seeds]
     spreads = [statistics.stdev(r[n]["test"] for r in seeds) for n in ("synthetic_only", "self_supervised")] \
         if len(seeds) > 1 else [0.0]
-    gap = mean("synthetic_only") - mean("supervised")
     return {"gain_mm": statistics.mean(gains), "gains_mm": gains, "seed_spread_mm": max(spreads),
-            "gap_share": (mean("synthetic_only") - mean("self_supervised")) / gap if gap > 0 else 0.0,
+            "gap_share": gap_share(seeds), "gap_shares": [gap_share([r]) for r in seeds],
             "synthetic_heldout": statistics.mean(r["pretrained"]["synthetic"] for r in seeds),
             "pretrained_test": mean("pretrained")}
 
@@ -349,6 +363,8 @@ def main() -> None:
                         help="the pseudo-label improvements, alone and together, on every seed")
     parser.add_argument("--variant-seeds", type=int, default=None,
                         help="run --variants on the first N seeds only (default: every seed)")
+    parser.add_argument("--variant", action="append", default=[], choices=list(PSEUDO_LABEL_VARIANTS),
+                        help="run this pseudo-label variant on every seed (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     parser.add_argument("--results", type=Path, default=None,
                         help="also write every figure as JSON here (benchmarks/results/selfsup.json; top-level "
@@ -363,7 +379,8 @@ def main() -> None:
         parser.error(f"--curve-every {args.curve_every}: must be 0 or more")
     paths = build_data(args.work, sizes, args.label_free)
     variant_seeds = args.seeds if args.variant_seeds is None else args.variant_seeds
-    seeds = [run_seed(seed, paths, sizes, args.work, args.curve_every, args.variants and seed < variant_seeds)
+    seeds = [run_seed(seed, paths, sizes, args.work, args.curve_every,
+                      list(PSEUDO_LABEL_VARIANTS) if args.variants and seed < variant_seeds else args.variant)
              for seed in range(args.seeds)]
     summary = summarise(seeds)
     result = {"gap_share": summary["gap_share"], "machine": describe_machine(), "date": time.strftime("%Y-%m-%d"),
