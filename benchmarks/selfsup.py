@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +57,8 @@ from shards.reader import make_loader  # noqa: E402
 from train.checkpoint import list_checkpoints, load_network  # noqa: E402
 from train.losses import REAL_TERMS  # noqa: E402
 from train.predictions import collect_errors  # noqa: E402
-from train.pseudo_labels import SUMMARY_NAME  # noqa: E402
+from train.pseudo_labels import AUDIT_NAME, SUMMARY_NAME  # noqa: E402
+from train.scores import NYU_EVAL_JOINTS, eval_joint_names  # noqa: E402
 from train.report import mean_pose_errors  # noqa: E402
 
 REAL_TERMS_OFF = [f"loss.{term}.enabled=false" for term in REAL_TERMS]
@@ -243,6 +246,23 @@ def ablation(paths: dict[str, Path], sizes: Sizes, work: Path) -> dict[str, dict
     return rows
 
 
+def audit_pseudo_labels(fitted: Path, raw: Path) -> dict:
+    """Per evaluated joint: the pseudo-labels' view-1 error (network / fused / fitted) on the train split where
+    the joint is visible in view 1 and where it is not (``fake_nyu.npz`` records it), and the share of each
+    that kept a target; from ``label_errors.npz`` (labels read only for this report)."""
+    errors = np.load(fitted / "train" / AUDIT_NAME)
+    visible = np.load(raw / "fake_nyu.npz")["train_visible"][0][errors["frame"] - 1][:, NYU_EVAL_JOINTS]
+    rows = {}
+    for index, name in enumerate(eval_joint_names()):
+        rows[name] = {}
+        for seen, mask in (("visible", visible[:, index]), ("occluded", ~visible[:, index])):
+            rows[name][seen] = {"frames": int(mask.sum())} | {
+                stage: float(errors[stage][mask, index].mean()) if mask.any() else None
+                for stage in ("network", "fused", "fitted")} | {
+                "kept": float(errors["kept"][mask, index].mean()) if mask.any() else None}
+    return rows
+
+
 def spread(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.1f}"
@@ -318,6 +338,19 @@ def report(result: dict) -> str:
                          f"{spread([v['pseudo_labels'].get('fitted_kept', v['pseudo_labels']['fitted']) for v in runs])}"
                          f" | {spread([v['test'] for v in runs])} | {spread([v['val'] for v in runs])} | "
                          f"{100 * gap_share(ran, lambda r: r['variants'][name]):.0f}% |")
+    if result.get("audit"):
+        fmt = lambda value: "-" if value is None else f"{value:.1f}"  # noqa: E731
+        lines += ["", f"Pseudo-label audit (seed 0, {result['audit']['variant']}): view-1 error (mm) of the network / "
+                  "fused / fitted joints on the train split against its labels (read only here), split by whether "
+                  "the joint is visible in view 1, and the share that kept a target:", "",
+                  "| joint | visible frames | network | fused | fitted | kept | occluded frames | network | fused | "
+                  "fitted | kept |", "| --- |" + " ---: |" * 10]
+        for name, row in result["audit"]["joints"].items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{row[seen]['frames']} | {fmt(row[seen]['network'])} | {fmt(row[seen]['fused'])} | "
+                f"{fmt(row[seen]['fitted'])} | "
+                + ("-" if row[seen]["kept"] is None else f"{100 * row[seen]['kept']:.0f}%")
+                for seen in ("visible", "occluded")) + " |")
     if result.get("label_free"):
         row = result["label_free"]
         lines += ["", f"Label-free shards (`--center com --cameras fixed`, seed 0): self-supervised "
@@ -386,6 +419,11 @@ def main() -> None:
     result = {"gap_share": summary["gap_share"], "machine": describe_machine(), "date": time.strftime("%Y-%m-%d"),
               "sizes": vars(sizes) | {}, "seeds": seeds, "summary": summary,
               "mean_pose_test": float(mean_pose_errors(paths["nyu"]).errors.mean())}
+    audited = [(name, args.work / "seed0" / f"fitted_variant_{index}")
+               for index, name in enumerate(PSEUDO_LABEL_VARIANTS)]
+    audited = [(name, path) for name, path in audited if (path / "train" / AUDIT_NAME).exists()]
+    if audited:  # the last variant that ran on seed 0: all three when they did
+        result["audit"] = {"variant": audited[-1][0], "joints": audit_pseudo_labels(audited[-1][1], paths["raw"])}
     if args.ablation:
         result["ablation"] = ablation(paths, sizes, args.work)
     if args.label_free:
