@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_reduced_comparison(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "selfsup.py"), "--quick", "--seeds", "1", "--json",
-         "--work", str(tmp_path / "work"), "--notes", str(tmp_path / "selfsup.md")],
+         "--work", str(tmp_path / "work"), "--notes", str(tmp_path / "selfsup.md"),
+         "--results", str(tmp_path / "selfsup.json")],
         cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])["seeds"][0]
@@ -31,6 +32,8 @@ def test_reduced_comparison(tmp_path: Path) -> None:
     assert row["supervised"]["val"] < row["synthetic_only"]["val"], row
     assert row["self_supervised"]["val"] < row["synthetic_only"]["val"], row
     assert "| mean ± sd |" in (tmp_path / "selfsup.md").read_text()
+    recorded = json.loads((tmp_path / "selfsup.json").read_text())
+    assert recorded["seeds"][0] == row and recorded["gap_share"] == recorded["summary"]["gap_share"]
 
 
 def load_benchmark(monkeypatch: pytest.MonkeyPatch):
@@ -72,3 +75,24 @@ def test_bad_lengths_are_refused(option: list[str], tmp_path: Path) -> None:
                              str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and f"error: {' '.join(option)}" in result.stderr, result.stderr
     assert not (tmp_path / "work").exists()
+
+
+def test_audit_splits_each_joint_by_visibility(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import numpy as np
+
+    selfsup = load_benchmark(monkeypatch)
+    (tmp_path / "fitted" / "train").mkdir(parents=True)
+    (tmp_path / "raw").mkdir()
+    frames, joints = np.array([2, 1]), 14
+    fitted = np.tile([[10.0], [30.0]], (1, joints))  # frame 2: 10 mm everywhere, frame 1: 30 mm
+    kept = np.array([[True] * joints, [False] * joints])
+    np.savez(tmp_path / "fitted" / "train" / "label_errors.npz", frame=frames, network=fitted + 5, fused=fitted + 1,
+             fitted=fitted, kept=kept)
+    visible = np.zeros((3, 2, 36), bool)
+    visible[0, 1] = True  # frame 2 (index 1) sees every joint in view 1; frame 1 none
+    np.savez(tmp_path / "raw" / "fake_nyu.npz", train_visible=visible)
+    rows = selfsup.audit_pseudo_labels(tmp_path / "fitted", tmp_path / "raw")
+    first = next(iter(rows.values()))
+    assert len(rows) == joints
+    assert first["visible"] == {"frames": 1, "network": 15.0, "fused": 11.0, "fitted": 10.0, "kept": 1.0}
+    assert first["occluded"] == {"frames": 1, "network": 35.0, "fused": 31.0, "fitted": 30.0, "kept": 0.0}
