@@ -21,7 +21,8 @@ the view fusion, the fitting steps, each fitting term), and fine-tuning on the f
 directly instead of pseudo-labels (``DIRECT``, the reference's way).
 ``--label-free``: the same self-supervision on shards cropped at the depth centre of mass with one fixed
 camera calibration (``shards nyu --center com --cameras fixed``) instead of labelled centres and per-frame
-cameras (first seed; evaluated on the test split cropped the same way).
+cameras (every seed; evaluated on the test split cropped the same way, beside the pretrained and the
+synthetic-only networks there).
 ``--pretrain-steps N``: the pretraining's length (default 1,500; 600 with ``--quick``); its learning-rate
 decays stay at the same fractions of the run. Runs already in ``--work`` are reused, so give each length its
 own ``--work``.
@@ -233,6 +234,17 @@ def finetune(name: str, seed: int, pretrain: Path, paths: dict[str, Path], sizes
             "subjects": per_subject(run_dir, real / "test", sizes.test_frames)}
 
 
+def label_free(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path) -> dict:
+    """Self-supervision on the label-free shards from the seed's pretraining, and the pretrained and the
+    synthetic-only networks on their test split (cropped the same way)."""
+    pretrain, seed_dir = work / f"seed{seed}" / "synthetic", work / f"seed{seed}"
+    fitted, _ = pseudo_labels(pretrain, paths["nyu_label_free"], seed_dir / "fitted_label_free", sizes, [])
+    row = finetune("self_supervised_label_free", seed, pretrain, paths, sizes, work, [], fitted)
+    test = paths["nyu_label_free"] / "test"
+    return row | {"seed": seed, "pretrained_test": evaluate(pretrain, test, "test-label-free"),
+                  "synthetic_only_test": evaluate(seed_dir / "synthetic_only", test, "test-label-free")}
+
+
 def ablation(paths: dict[str, Path], sizes: Sizes, work: Path) -> dict[str, dict]:
     """Seed 0: pseudo-labels with one part of the fitting off, then the same fine-tuning; and DIRECT."""
     pretrain = work / "seed0" / "synthetic"
@@ -352,12 +364,20 @@ def report(result: dict) -> str:
                 + ("-" if row[seen]["kept"] is None else f"{100 * row[seen]['kept']:.0f}%")
                 for seen in ("visible", "occluded")) + " |")
     if result.get("label_free"):
-        row = result["label_free"]
-        lines += ["", f"Label-free shards (`--center com --cameras fixed`, seed 0): self-supervised "
-                      f"{row['test']:.1f} mm on their test split, the pretrained network {row['pretrained_test']:.1f} "
-                      f"mm there, synthetic-only {row['synthetic_only_test']:.1f} mm there (val, cropped at the "
-                      f"labels: {row['val']:.1f}); labelled centres and per-frame "
-                      f"cameras: {seeds[0]['self_supervised']['test']:.1f} mm."]
+        rows = result["label_free"]
+        gains = [row["synthetic_only_test"] - row["test"] for row in rows]
+        lines += ["", "Label-free shards (`--center com --cameras fixed`: crops at the depth centre of mass, one "
+                  "fixed camera calibration), each seed's pretraining; test = their test split cropped the same way "
+                  "(val: cropped at the labels):", "",
+                  "| seed | pretrained test | synthetic_only test | self_supervised test | self_supervised val |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {row['seed']} | {row['pretrained_test']:.1f} | {row['synthetic_only_test']:.1f} | "
+                  f"{row['test']:.1f} | {row['val']:.1f} |" for row in rows]
+        lines += [f"| mean ± sd | {spread([r['pretrained_test'] for r in rows])} | "
+                  f"{spread([r['synthetic_only_test'] for r in rows])} | {spread([r['test'] for r in rows])} | "
+                  f"{spread([r['val'] for r in rows])} |", "",
+                  "- label-free self-supervised minus synthetic-only (test): "
+                  + ", ".join(f"{-gain:+.1f}" for gain in gains) + " mm per seed"]
     return "\n".join(lines) + "\n"
 
 
@@ -427,12 +447,7 @@ def main() -> None:
     if args.ablation:
         result["ablation"] = ablation(paths, sizes, args.work)
     if args.label_free:
-        pretrain = args.work / "seed0" / "synthetic"
-        fitted, _ = pseudo_labels(pretrain, paths["nyu_label_free"], args.work / "seed0" / "fitted_label_free", sizes, [])
-        result["label_free"] = finetune("self_supervised_label_free", 0, pretrain, paths, sizes, args.work, [], fitted)
-        result["label_free"]["pretrained_test"] = evaluate(pretrain, paths["nyu_label_free"] / "test", "test-label-free")
-        result["label_free"]["synthetic_only_test"] = evaluate(args.work / "seed0" / "synthetic_only",
-                                                               paths["nyu_label_free"] / "test", "test-label-free")
+        result["label_free"] = [label_free(seed, paths, sizes, args.work) for seed in range(args.seeds)]
     text = report(result)
     print(text)
     args.notes.parent.mkdir(parents=True, exist_ok=True)
