@@ -213,15 +213,17 @@ def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_
     for name, (extra, real) in runs.items():
         row[name] = finetune(name, seed, pretrain, paths, sizes, work, extra, real)
     if variants:
-        row["variants"] = {}
-        for index, (name, options) in enumerate(PSEUDO_LABEL_VARIANTS.items()):
-            if name not in variants:
-                continue
-            fitted, errors = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / f"fitted_variant_{index}",
-                                           sizes, options)
-            row["variants"][name] = finetune(f"variant_{index}", seed, pretrain, paths, sizes, work, [], fitted) | {
-                "pseudo_labels": errors}
+        row["variants"] = {name: fitted_finetune(f"variant_{index}", seed, options, paths, sizes, work)
+                           for index, (name, options) in enumerate(PSEUDO_LABEL_VARIANTS.items()) if name in variants}
     return row
+
+
+def fitted_finetune(name: str, seed: int, options: list[str], paths: dict[str, Path], sizes: Sizes,
+                    work: Path) -> dict:
+    """Pseudo-labels made with ``options`` (in ``fitted_NAME``), then the self-supervised fine-tuning on them."""
+    pretrain = work / f"seed{seed}" / "synthetic"
+    fitted, errors = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / f"fitted_{name}", sizes, options)
+    return finetune(name, seed, pretrain, paths, sizes, work, [], fitted) | {"pseudo_labels": errors}
 
 
 def finetune(name: str, seed: int, pretrain: Path, paths: dict[str, Path], sizes: Sizes, work: Path,
@@ -247,14 +249,10 @@ def label_free(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path) -> d
 
 def ablation(paths: dict[str, Path], sizes: Sizes, work: Path) -> dict[str, dict]:
     """Seed 0: pseudo-labels with one part of the fitting off, then the same fine-tuning; and DIRECT."""
-    pretrain = work / "seed0" / "synthetic"
-    rows = {}
-    for index, (name, options) in enumerate(FIT_ABLATION.items()):
-        fitted, errors = pseudo_labels(pretrain, paths["nyu"], work / "seed0" / f"fitted_without_{index}", sizes, options)
-        rows[f"without {name}"] = finetune(f"without_{index}", 0, pretrain, paths, sizes, work, [], fitted) | {
-            "pseudo_labels": errors}
-    rows["direct fitting-term fine-tuning (no pseudo-labels)"] = finetune("direct", 0, pretrain, paths, sizes, work,
-                                                                          DIRECT, paths["nyu"])
+    rows = {f"without {name}": fitted_finetune(f"without_{index}", 0, options, paths, sizes, work)
+            for index, (name, options) in enumerate(FIT_ABLATION.items())}
+    rows["direct fitting-term fine-tuning (no pseudo-labels)"] = finetune(
+        "direct", 0, work / "seed0" / "synthetic", paths, sizes, work, DIRECT, paths["nyu"])
     return rows
 
 

@@ -78,10 +78,14 @@ class ViewsWithSharedError(nn.Module):
 def test_confidence_fusion_prefers_the_view_that_is_sure(model: hand.HandModel, scene: dict) -> None:
     net = ViewsWithSharedError(scene["joints"], scene["cams"])
     losses = PseudoLabelConfig().losses(model, Crop(64, 300.0))
-    errors = {fusion: view1_error(fit_frames(net, losses, scene["depth"], scene["cams"],
-                                             PseudoLabelConfig(steps=0, fusion=fusion))["fused"], scene["joints"])
-              for fusion in ("median", "confidence")}
+    results = {fusion: fit_frames(net, losses, scene["depth"], scene["cams"], PseudoLabelConfig(steps=0, fusion=fusion))
+               for fusion in ("median", "confidence")}
+    errors = {fusion: view1_error(result["fused"], scene["joints"]) for fusion, result in results.items()}
     assert errors["median"] > 9.0 and errors["confidence"] < 0.1, errors
+    # The view spread is the middle view's distance from the fused joint: two agreeing views make it 0 (the
+    # median sits on them), the sure view then lies 10 mm from the confidence-fused joint and the others too.
+    assert float(results["median"]["view_spread"].max()) < 1e-3
+    assert float(results["confidence"]["view_spread"].min()) > 9.0
 
 
 def test_joints_the_fit_cannot_vouch_for_keep_no_target(model: hand.HandModel, scene: dict) -> None:

@@ -402,7 +402,6 @@ class JointTargetLoss(nn.Module):
             raise ValueError(self.missing)
         known = torch.isfinite(target)
         count = known.sum().clamp_min(1)
-        target = torch.where(known, target, torch.zeros_like(target))
         return sum(torch.where(known, j[..., :target.shape[-2], :].float() - target, 0.0).square().sum() / count
                    for j in inputs.stack_joints)
 

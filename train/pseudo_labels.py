@@ -226,13 +226,12 @@ class FrameFitter:
         errors = {name: np.concatenate(chunks) for name, chunks in self.errors.items()}
         return errors | {"kept": np.concatenate(self.kept)[:, NYU_EVAL_JOINTS], "frame": np.asarray(self.frames)}
 
-    def label_error_means(self) -> dict[str, float] | None:
-        errors = self.label_errors()
-        if errors is None:
-            return None
-        means = {name: float(errors[name].mean()) for name in self.errors}
-        return means | {"fitted_kept": float(errors["fitted"][errors["kept"]].mean()) if errors["kept"].any()
-                        else float("nan")}
+
+def mean_label_errors(errors: dict[str, np.ndarray]) -> dict[str, float]:
+    """:meth:`FrameFitter.label_errors` -> the mean error of each stage and of the fitted joints that kept a target."""
+    means = {name: float(errors[name].mean()) for name in ("network", "fused", "fitted")}
+    return means | {"fitted_kept": float(errors["fitted"][errors["kept"]].mean()) if errors["kept"].any()
+                    else float("nan")}
 
 
 def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: PseudoLabelConfig,
@@ -251,9 +250,9 @@ def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg:
                          device)
     manifest = derive_split(source, target, fitter, chunk=cfg.batch_frames, desc="fitting frames")
     cost = torch.stack(fitter.costs).mean(0).tolist() if fitter.costs else [float("nan")] * 2
-    summary = PseudoLabelSummary(str(checkpoint), str(source), int(manifest["samples"]), asdict(cfg), cost[0], cost[1],
-                                 fitter.kept_share(), fitter.label_error_means())
     audit = fitter.label_errors()
+    summary = PseudoLabelSummary(str(checkpoint), str(source), int(manifest["samples"]), asdict(cfg), cost[0], cost[1],
+                                 fitter.kept_share(), None if audit is None else mean_label_errors(audit))
     if audit is not None:
         write_atomic(target / AUDIT_NAME, lambda file: np.savez(file, **audit))
     write_json_atomic(target / SUMMARY_NAME, asdict(summary))
