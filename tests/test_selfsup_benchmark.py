@@ -33,7 +33,9 @@ def test_reduced_comparison(tmp_path: Path) -> None:
     assert row["self_supervised"]["val"] < row["synthetic_only"]["val"], row
     assert "| mean ± sd |" in (tmp_path / "selfsup.md").read_text()
     recorded = json.loads((tmp_path / "selfsup.json").read_text())
-    assert recorded["seeds"][0] == row and recorded["gap_share"] == recorded["summary"]["gap_share"]
+    summary = recorded["summary"]
+    assert recorded["seeds"][0] == row and list(summary["methods"]) == ["plain, round 1"]
+    assert recorded["gap_share"] == summary["methods"][summary["chosen_on_val"]]["gap_share"] == summary["gap_share"]
 
 
 def load_benchmark(monkeypatch: pytest.MonkeyPatch):
@@ -96,3 +98,51 @@ def test_audit_splits_each_joint_by_visibility(monkeypatch: pytest.MonkeyPatch, 
     assert len(rows) == joints
     assert first["visible"] == {"frames": 1, "network": 15.0, "fused": 11.0, "fitted": 10.0, "kept": 1.0}
     assert first["occluded"] == {"frames": 1, "network": 35.0, "fused": 31.0, "fitted": 30.0, "kept": 0.0}
+
+
+def test_each_round_fits_with_the_last_rounds_network_and_fine_tunes_from_the_pretraining(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    selfsup = load_benchmark(monkeypatch)
+    made, tuned = [], []
+
+    def pseudo_labels(network, real, out, sizes, options):
+        made.append((network.name, out.name))
+        return out, {"fitted": 20.0 - len(made)}
+
+    def finetune(name, seed, pretrain, paths, sizes, work, extra, real):
+        tuned.append((name, pretrain.name, real.name))
+        return {"test": 20.0, "val": 21.0, "subjects": {}}
+
+    monkeypatch.setattr(selfsup, "pseudo_labels", pseudo_labels)
+    monkeypatch.setattr(selfsup, "finetune", finetune)
+    rows = selfsup.later_rounds(0, 3, tmp_path / "nyu", "self_supervised", "fitted", [], {}, selfsup.QUICK, tmp_path)
+    assert made == [("self_supervised", "fitted_round2"), ("self_supervised_round2", "fitted_round3")]
+    assert tuned == [("self_supervised_round2", "synthetic", "fitted_round2"),
+                     ("self_supervised_round3", "synthetic", "fitted_round3")]
+    assert [row["round"] for row in rows] == [2, 3] and rows[1]["pseudo_labels"] == {"fitted": 18.0}
+    # The report's rounds table: round 1 is the plain self-supervised run; the gap shares per round.
+    seed = {"seed": 0, "pseudo_labels": {"fitted": 22.0}, "synthetic_only": {"test": 30.0},
+            "supervised": {"test": 20.0}, "self_supervised": {"test": 25.0, "val": 26.0}, "rounds": rows}
+    table = "\n".join(selfsup.report_rounds([seed], "plain", selfsup.plain_self_supervised))
+    assert "| 1 | 22.0 | 25.0 | 26.0 | 50% | 50% |" in table and "| 3 | 18.0 | 20.0 | 21.0 | 100% | 100% |" in table
+
+
+def test_the_headline_is_the_method_chosen_on_val(monkeypatch: pytest.MonkeyPatch) -> None:
+    selfsup = load_benchmark(monkeypatch)
+
+    def run(test: float, val: float) -> dict:
+        return {"test": test, "val": val, "pseudo_labels": {"fitted": 20.0}}
+
+    def seed(number: int, with_variant: bool) -> dict:
+        row = {"seed": number, "pretrained": {"test": 31.0, "synthetic": 18.0}, "pseudo_labels": {"fitted": 22.0},
+               "synthetic_only": {"test": 30.0}, "supervised": {"test": 20.0}, "self_supervised": run(25.0, 26.0),
+               "rounds": [run(24.0, 24.0) | {"round": 2}],
+               "variants": {"view agreement": run(20.0, 25.0)}}  # best on test, not on val
+        if with_variant:
+            row["variants"]["confidence fusion"] = run(21.0, 20.0)  # best on val, but on one seed only
+        return row
+
+    summary = selfsup.summarise([seed(0, True), seed(1, False)])
+    assert list(summary["methods"]) == ["plain, round 1", "plain, round 2", "view agreement, round 1"]
+    assert summary["chosen_on_val"] == "plain, round 2" and summary["methods"]["plain, round 2"]["gap_share"] == 0.6
+    assert summary["gap_share"] == 0.5  # the plain method's first round, as before
