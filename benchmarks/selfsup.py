@@ -23,6 +23,10 @@ fine-tuning from the pretraining, so that every round trains as many steps as th
 ``--ablation`` (first seed): the pseudo-labels made with one part of the fitting off in turn (``FIT_ABLATION``:
 the view fusion, the fitting steps, each fitting term), and fine-tuning on the fitting terms' gradients
 directly instead of pseudo-labels (``DIRECT``, the reference's way).
+
+The synthetic-only continuation runs at the learning rate (of ``Sizes.synthetic_only_lrs``) with the lowest
+error on the first seed's val, so that the baseline gets its own best.
+
 ``--label-free``: the same self-supervision on shards cropped at the depth centre of mass with one fixed
 camera calibration (``shards nyu --center com --cameras fixed``) instead of labelled centres and per-frame
 cameras (every seed; evaluated on the test split cropped the same way, beside the pretrained and the
@@ -94,12 +98,16 @@ class Sizes:
     pretrain_steps: int
     finetune_steps: int
     fit_steps: int
+    # Learning rates of the synthetic-only continuation, the best on the first seed's val used for every seed
+    # (the baseline gets its own best; the first is configs/selfsup-cpu.yaml's, which every other run uses).
+    synthetic_only_lrs: tuple[float, ...] = (1e-4,)
 
 
 FULL = Sizes(train_frames=256, val_frames=64, test_frames=100, synthetic_samples=8000, pretrain_steps=6000,
-             finetune_steps=300, fit_steps=50)
+             finetune_steps=300, fit_steps=50, synthetic_only_lrs=(1e-4, 3e-4, 1e-3))
 QUICK = Sizes(train_frames=64, val_frames=16, test_frames=100, synthetic_samples=2000, pretrain_steps=600,
               finetune_steps=150, fit_steps=20)
+SYNTHETIC_ONLY = REAL_TERMS_OFF + ["data.real_batch=0"]
 
 
 def python(*args: str, log: Path | None = None) -> None:
@@ -200,11 +208,30 @@ def newest_checkpoint(run_dir: Path) -> Path:
     return sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
 
 
-def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int,
-             variants: list[str], rounds: int, round_variants: list[str]) -> dict:
+def pretraining(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int) -> Path:
+    """The seed's synthetic pretraining (run once)."""
     pretrain = work / f"seed{seed}" / "synthetic"
     train("configs/synthetic-cpu.yaml", pretrain, sizes.pretrain_steps,
           [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}"], curve_every)
+    return pretrain
+
+
+def synthetic_only_name(lr: float, sizes: Sizes) -> str:
+    return "synthetic_only" if lr == sizes.synthetic_only_lrs[0] else f"synthetic_only_lr{lr:g}"
+
+
+def synthetic_only_lr(paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int) -> tuple[float, dict]:
+    """The synthetic-only continuation's learning rate with the lowest val error on seed 0, and each one's val."""
+    pretrain = pretraining(0, paths, sizes, work, curve_every)
+    vals = {lr: finetune(synthetic_only_name(lr, sizes), 0, pretrain, paths, sizes, work,
+                         [*SYNTHETIC_ONLY, f"optim.lr={lr}"], paths["nyu"])["val"]
+            for lr in sizes.synthetic_only_lrs} if len(sizes.synthetic_only_lrs) > 1 else {}
+    return (min(vals, key=vals.get) if vals else sizes.synthetic_only_lrs[0]), vals
+
+
+def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_every: int,
+             variants: list[str], rounds: int, round_variants: list[str], lr: float) -> dict:
+    pretrain = pretraining(seed, paths, sizes, work, curve_every)
     row = {"seed": seed, "pretrained": {"test": evaluate(pretrain, paths["nyu"] / "test", "test"),
                                         "val": evaluate(pretrain, paths["val"] / "train", "val"),
                                         "subjects": per_subject(pretrain, paths["nyu"] / "test", sizes.test_frames),
@@ -212,8 +239,9 @@ def run_seed(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, curve_
     if curve_every:
         row["pretraining_curve"] = pretraining_curve(pretrain, paths["val"] / "train")
     fitted, row["pseudo_labels"] = pseudo_labels(pretrain, paths["nyu"], work / f"seed{seed}" / "fitted", sizes, [])
-    runs = {"synthetic_only": (REAL_TERMS_OFF + ["data.real_batch=0"], paths["nyu"]),
-            "self_supervised": ([], fitted),
+    row["synthetic_only"] = finetune(synthetic_only_name(lr, sizes), seed, pretrain, paths, sizes, work,
+                                     [*SYNTHETIC_ONLY, f"optim.lr={lr}"], paths["nyu"]) | {"lr": lr}
+    runs = {"self_supervised": ([], fitted),
             "supervised": (REAL_TERMS_OFF + ["loss.supervised.enabled=true"], paths["nyu"])}
     for name, (extra, real) in runs.items():
         row[name] = finetune(name, seed, pretrain, paths, sizes, work, extra, real)
@@ -265,7 +293,7 @@ def finetune(name: str, seed: int, pretrain: Path, paths: dict[str, Path], sizes
             "subjects": per_subject(run_dir, real / "test", sizes.test_frames)}
 
 
-def label_free(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, rounds: int) -> dict:
+def label_free(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, rounds: int, lr: float) -> dict:
     """Self-supervision on the label-free shards from the seed's pretraining (and its later rounds), and the
     pretrained and the synthetic-only networks on their test split (cropped the same way)."""
     pretrain, seed_dir = work / f"seed{seed}" / "synthetic", work / f"seed{seed}"
@@ -276,7 +304,7 @@ def label_free(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, roun
                                      "fitted_label_free", [], paths, sizes, work)
     test = paths["nyu_label_free"] / "test"
     return row | {"seed": seed, "pseudo_labels": errors, "pretrained_test": evaluate(pretrain, test, "test-label-free"),
-                  "synthetic_only_test": evaluate(seed_dir / "synthetic_only", test, "test-label-free")}
+                  "synthetic_only_test": evaluate(seed_dir / synthetic_only_name(lr, sizes), test, "test-label-free")}
 
 
 def ablation(paths: dict[str, Path], sizes: Sizes, work: Path) -> dict[str, dict]:
@@ -330,6 +358,10 @@ def report(result: dict) -> str:
         lines.append(f"| {n} | {spread([r[n]['subjects']['1'] for r in seeds])} | "
                      f"{spread([r[n]['subjects']['2'] for r in seeds])} |")
     summary = result["summary"]
+    scan = result.get("synthetic_only_lr", {})
+    if scan.get("seed0_val"):
+        lines += ["", f"Synthetic-only continuation's learning rate, chosen on seed 0's val: {scan['chosen']:g} ("
+                  + ", ".join(f"{lr}: {val:.1f} mm" for lr, val in scan["seed0_val"].items()) + ")."]
     lines += ["", f"- mean pose (constant predictor) on test: {result['mean_pose_test']:.1f} mm",
               f"- domain gap of the pretrained model: {summary['synthetic_heldout']:.1f} mm on held-out synthetic "
               f"data vs {summary['pretrained_test']:.1f} mm on the fake-NYU test split",
@@ -529,13 +561,15 @@ def main() -> None:
         parser.error(f"--rounds {args.rounds}: must be at least 1")
     paths = build_data(args.work, sizes, args.label_free)
     variant_seeds = args.seeds if args.variant_seeds is None else args.variant_seeds
+    lr, lr_vals = synthetic_only_lr(paths, sizes, args.work, args.curve_every)
     seeds = [run_seed(seed, paths, sizes, args.work, args.curve_every,
                       list(PSEUDO_LABEL_VARIANTS) if args.variants and seed < variant_seeds else args.variant,
-                      args.rounds, args.round_variant)
+                      args.rounds, args.round_variant, lr)
              for seed in range(args.seeds)]
     summary = summarise(seeds)
     result = {"gap_share": summary["methods"][summary["chosen_on_val"]]["gap_share"], "machine": describe_machine(), "date": time.strftime("%Y-%m-%d"),
               "sizes": vars(sizes) | {}, "seeds": seeds, "summary": summary,
+              "synthetic_only_lr": {"chosen": lr, "seed0_val": {f"{k:g}": v for k, v in lr_vals.items()}},
               "mean_pose_test": float(mean_pose_errors(paths["nyu"]).errors.mean())}
     audited = [(name, args.work / "seed0" / f"fitted_variant_{index}")
                for index, name in enumerate(PSEUDO_LABEL_VARIANTS)]
@@ -545,7 +579,7 @@ def main() -> None:
     if args.ablation:
         result["ablation"] = ablation(paths, sizes, args.work)
     if args.label_free:
-        result["label_free"] = [label_free(seed, paths, sizes, args.work, args.rounds) for seed in range(args.seeds)]
+        result["label_free"] = [label_free(seed, paths, sizes, args.work, args.rounds, lr) for seed in range(args.seeds)]
     text = report(result)
     print(text)
     args.notes.parent.mkdir(parents=True, exist_ok=True)

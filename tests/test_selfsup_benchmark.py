@@ -146,3 +146,22 @@ def test_the_headline_is_the_method_chosen_on_val(monkeypatch: pytest.MonkeyPatc
     assert list(summary["methods"]) == ["plain, round 1", "plain, round 2", "view agreement, round 1"]
     assert summary["chosen_on_val"] == "plain, round 2" and summary["methods"]["plain, round 2"]["gap_share"] == 0.6
     assert summary["gap_share"] == 0.5  # the plain method's first round, as before
+
+
+def test_the_synthetic_only_baseline_runs_at_its_best_learning_rate_on_val(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    selfsup = load_benchmark(monkeypatch)
+    val_by_lr, runs = {1e-4: 30.0, 3e-4: 29.0, 1e-3: 31.0}, []
+
+    def finetune(name, seed, pretrain, paths, sizes, work, extra, real):
+        lr = float(extra[-1].removeprefix("optim.lr="))
+        runs.append((name, seed))
+        return {"test": 0.0, "val": val_by_lr[lr], "subjects": {}}
+
+    monkeypatch.setattr(selfsup, "pretraining", lambda *args: tmp_path / "seed0" / "synthetic")
+    monkeypatch.setattr(selfsup, "finetune", finetune)
+    lr, vals = selfsup.synthetic_only_lr({"nyu": tmp_path / "nyu"}, selfsup.FULL, tmp_path, 0)
+    assert lr == 3e-4 and vals == val_by_lr
+    # The config's own rate keeps the plain name (earlier runs are reused); the others are named by their rate.
+    assert runs == [("synthetic_only", 0), ("synthetic_only_lr0.0003", 0), ("synthetic_only_lr0.001", 0)]
+    assert selfsup.synthetic_only_lr({}, selfsup.QUICK, tmp_path, 0) == (1e-4, {})  # one rate: nothing to run
