@@ -1,7 +1,7 @@
 """Does training by fitting work? Synthetic-only vs self-supervised vs supervised fine-tuning on fake NYU.
 
     python benchmarks/selfsup.py [--seeds 3] [--pretrain-steps N] [--curve-every K] [--variants] [--ablation]
-        [--rounds N] [--label-free] [--quick] [--work DIR] [--results benchmarks/results/selfsup.json] [--json]
+        [--rounds N [--round-variant NAME]] [--label-free] [--quick] [--work DIR] [--results benchmarks/results/selfsup.json] [--json]
 
 For each seed: synthetic pretraining (``configs/synthetic-cpu.yaml``), then three fine-tunings from it for
 the same number of steps (``configs/selfsup-cpu.yaml``): synthetic-only continued (no real frames),
@@ -18,7 +18,9 @@ the view-agreement and free-space checks), each alone and all together, each fin
 
 ``--rounds N`` (every seed): self-training, rounds 2..N: the pseudo-labels re-made by the previous round's
 self-supervised network (which predicts the train frames better than the pretrained one did), then the same
-fine-tuning from the pretraining, so that every round trains as many steps as the other runs.
+fine-tuning from the pretraining, so that every round trains as many steps as the other runs;
+``--round-variant NAME`` runs a pseudo-label variant with its rounds on every seed too. The headline
+(``gap_share``) is the method, of those that ran on every seed, with the lowest mean val error.
 
 ``--ablation`` (first seed): the pseudo-labels made with one part of the fitting off in turn (``FIT_ABLATION``:
 the view fusion, the fitting steps, each fitting term), and fine-tuning on the fitting terms' gradients

@@ -71,7 +71,7 @@ def test_pretraining_curve_reads_each_checkpoint(monkeypatch: pytest.MonkeyPatch
     assert selfsup.synthetic_error(run) == 25.0
 
 
-@pytest.mark.parametrize("option", [["--pretrain-steps", "0"], ["--curve-every", "-1"]])
+@pytest.mark.parametrize("option", [["--pretrain-steps", "0"], ["--curve-every", "-1"], ["--rounds", "0"]])
 def test_bad_lengths_are_refused(option: list[str], tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "selfsup.py"), *option, "--work",
                              str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=120)
