@@ -422,11 +422,7 @@ def report(result: dict) -> str:
                          f"{spread([v['pseudo_labels'].get('fitted_kept', v['pseudo_labels']['fitted']) for v in runs])}"
                          f" | {spread([v['test'] for v in runs])} | {spread([v['val'] for v in runs])} | "
                          f"{100 * gap_share(ran, lambda r: r['variants'][name]):.0f}% |")
-    if seeds[0].get("rounds"):
-        lines += report_rounds(seeds, "plain pseudo-labels", plain_self_supervised)
-    for name in PSEUDO_LABEL_VARIANTS:
-        if all(r.get("variants", {}).get(name, {}).get("rounds") for r in seeds):
-            lines += report_rounds(seeds, name, lambda r, name=name: r["variants"][name])
+    lines += report_rounds(seeds, methods_on_every_seed(seeds))
     if result.get("audit"):
         fmt = lambda value: "-" if value is None else f"{value:.1f}"  # noqa: E731
         lines += ["", f"Pseudo-label audit (seed 0, {result['audit']['variant']}): view-1 error (mm) of the network / "
@@ -468,21 +464,24 @@ def plain_self_supervised(row: dict) -> dict:
     return row["self_supervised"] | {"pseudo_labels": row["pseudo_labels"], "rounds": row.get("rounds", [])}
 
 
-def report_rounds(seeds: list[dict], method: str, first: Callable[[dict], dict]) -> list[str]:
-    """The self-training rounds' table of ``method`` (``first``: a seed's round-1 run, with its ``rounds``),
-    mean ± sd over seeds."""
-    picks = [first] + [lambda r, i=i: first(r)["rounds"][i] for i in range(len(first(seeds[0])["rounds"]))]
-    lines = ["", f"Self-training rounds, {method}: round N's pseudo-labels are made by round N-1's self-supervised "
-             "network (round 1: the pretrained one), each round fine-tuned from the pretraining for the same steps; "
-             "mean ± sd over seeds (gap share: of the synthetic-only -> supervised gap on test):", "",
-             "| round | pseudo-labels (train) | test | val | gap share | per seed |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for number, pick in enumerate(picks, start=1):
-        runs = [pick(r) for r in seeds]
-        lines.append(f"| {number} | {spread([v['pseudo_labels']['fitted'] for v in runs])} | "
-                     f"{spread([v['test'] for v in runs])} | {spread([v['val'] for v in runs])} | "
-                     f"{100 * gap_share(seeds, pick):.0f}% | "
-                     + ", ".join(f"{100 * gap_share([r], pick):.0f}%" for r in seeds) + " |")
+def report_rounds(seeds: list[dict], methods: dict[str, Callable[[dict], dict]]) -> list[str]:
+    """A table per method of ``methods`` (:func:`methods_on_every_seed`) that ran more than one round."""
+    lines = []
+    for method in dict.fromkeys(name.split(", round")[0] for name in methods):
+        rounds = [pick for name, pick in methods.items() if name.startswith(f"{method}, round")]
+        if len(rounds) < 2:
+            continue
+        lines += ["", f"Self-training rounds, {method}: round N's pseudo-labels are made by round N-1's "
+                  "self-supervised network (round 1: the pretrained one), each round fine-tuned from the pretraining "
+                  "for the same steps; mean ± sd over seeds (gap share: of the synthetic-only -> supervised gap on "
+                  "test):", "", "| round | pseudo-labels (train) | test | val | gap share | per seed |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for number, pick in enumerate(rounds, start=1):
+            runs = [pick(r) for r in seeds]
+            lines.append(f"| {number} | {spread([v['pseudo_labels']['fitted'] for v in runs])} | "
+                         f"{spread([v['test'] for v in runs])} | {spread([v['val'] for v in runs])} | "
+                         f"{100 * gap_share(seeds, pick):.0f}% | "
+                         + ", ".join(f"{100 * gap_share([r], pick):.0f}%" for r in seeds) + " |")
     return lines
 
 

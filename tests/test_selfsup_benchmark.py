@@ -123,7 +123,7 @@ def test_each_round_fits_with_the_last_rounds_network_and_fine_tunes_from_the_pr
     # The report's rounds table: round 1 is the plain self-supervised run; the gap shares per round.
     seed = {"seed": 0, "pseudo_labels": {"fitted": 22.0}, "synthetic_only": {"test": 30.0},
             "supervised": {"test": 20.0}, "self_supervised": {"test": 25.0, "val": 26.0}, "rounds": rows}
-    table = "\n".join(selfsup.report_rounds([seed], "plain", selfsup.plain_self_supervised))
+    table = "\n".join(selfsup.report_rounds([seed], selfsup.methods_on_every_seed([seed])))
     assert "| 1 | 22.0 | 25.0 | 26.0 | 50% | 50% |" in table and "| 3 | 18.0 | 20.0 | 21.0 | 100% | 100% |" in table
 
 
