@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Two pytest workers, one test file each at a time (a file's module fixtures are built once): alone, the suite
+# keeps one of the 2 cores busy on average, since most of its time goes to starting processes and to waits.
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The launcher against a real 2-node Slurm cluster started on this machine (tests/slurm/cluster.py):
 # installs Debian's Slurm and munge when missing (needs root), every daemon is stopped by pid at the end.

@@ -34,8 +34,8 @@ camera calibration (``shards nyu --center com --cameras fixed``) instead of labe
 cameras (every seed; evaluated on the test split cropped the same way, beside the pretrained and the
 synthetic-only networks there).
 ``--pretrain-steps N``: the pretraining's length (default 6,000, where the validation error has reached its
-plateau, as ``configs/synthetic-cpu.yaml`` does; 600 with ``--quick``); its learning-rate decays stay at the
-same fractions of the run. Runs already in ``--work`` are reused, so give each length its
+plateau; 600 with ``--quick``); its learning rate drops tenfold at 60% and 90% of the run (``PRETRAIN_SCHEDULE``,
+the schedule of every stored result; ``configs/synthetic-cpu.yaml``, the demo's, drops later). Runs already in ``--work`` are reused, so give each length its
 own ``--work``.
 ``--curve-every K``: the pretraining keeps a checkpoint every K steps and each is evaluated on the validation
 split (with the held-out synthetic error logged at the same steps): the pretraining curve, to see whether it
@@ -110,6 +110,9 @@ FULL = Sizes(train_frames=256, val_frames=64, test_frames=100, synthetic_samples
 QUICK = Sizes(train_frames=64, val_frames=16, test_frames=100, synthetic_samples=2000, pretrain_steps=600,
               finetune_steps=150, fit_steps=20)
 SYNTHETIC_ONLY = REAL_TERMS_OFF + ["data.real_batch=0"]
+# The pretraining's learning-rate drops (fractions of --pretrain-steps) for every length this benchmark reports;
+# the demo's config drops at 90% and 95% of a shorter run instead (BENCHMARKS.md, "The demo's pretraining").
+PRETRAIN_SCHEDULE = ["optim.decay_at=[0.6,0.9]"]
 
 
 def python(*args: str, log: Path | None = None) -> None:
@@ -214,7 +217,8 @@ def pretraining(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, cur
     """The seed's synthetic pretraining (run once)."""
     pretrain = work / f"seed{seed}" / "synthetic"
     train("configs/synthetic-cpu.yaml", pretrain, sizes.pretrain_steps,
-          [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}"], curve_every)
+          [f"data.synthetic={paths['synth']}", f"data.real={paths['nyu']}", f"run.seed={seed}", *PRETRAIN_SCHEDULE],
+          curve_every)
     return pretrain
 
 

@@ -53,6 +53,10 @@ def test_pretraining_keeps_and_evaluates_every_curve_step(monkeypatch: pytest.Mo
     # Checkpoints at 300, 600, 900 and the last step, all kept and evaluated; without a curve, only the last.
     assert {"checkpoint.every=300", "checkpoint.keep=4", "eval.every=300"} <= set(commands[0]), commands[0]
     assert {"checkpoint.every=1500", "checkpoint.keep=1", "eval.every=1500"} <= set(commands[1]), commands[1]
+    # The benchmark's pretraining keeps the schedule of its stored results whatever the demo's config says.
+    paths = {"synth": tmp_path / "synth", "nyu": tmp_path / "nyu"}
+    selfsup.pretraining(0, paths, selfsup.QUICK, tmp_path, 0)
+    assert "optim.decay_at=[0.6,0.9]" in commands[2], commands[2]
 
 
 def test_pretraining_curve_reads_each_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
