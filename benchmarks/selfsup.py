@@ -35,8 +35,8 @@ cameras (every seed; evaluated on the test split cropped the same way, beside th
 synthetic-only networks there).
 ``--pretrain-steps N``: the pretraining's length (default 6,000, where the validation error has reached its
 plateau; 600 with ``--quick``); its learning rate drops tenfold at 60% and 90% of the run (``PRETRAIN_SCHEDULE``,
-the schedule of every stored result; ``configs/synthetic-cpu.yaml``, the demo's, drops later). Runs already in ``--work`` are reused, so give each length its
-own ``--work``.
+the schedule of every stored result; ``configs/synthetic-cpu.yaml``, the demo's, drops later). Runs already in
+``--work`` are reused, so give each length its own ``--work``.
 ``--curve-every K``: the pretraining keeps a checkpoint every K steps and each is evaluated on the validation
 split (with the held-out synthetic error logged at the same steps): the pretraining curve, to see whether it
 reached a plateau.
@@ -572,8 +572,9 @@ def main() -> None:
                       args.rounds, args.round_variant, lr)
              for seed in range(args.seeds)]
     summary = summarise(seeds)
-    result = {"gap_share": summary["methods"][summary["chosen_on_val"]]["gap_share"], "machine": describe_machine(), "date": time.strftime("%Y-%m-%d"),
-              "sizes": vars(sizes) | {}, "seeds": seeds, "summary": summary,
+    result = {"gap_share": summary["methods"][summary["chosen_on_val"]]["gap_share"], "machine": describe_machine(),
+              "date": time.strftime("%Y-%m-%d"),
+              "sizes": vars(sizes), "seeds": seeds, "summary": summary,
               "synthetic_only_lr": {"chosen": lr, "seed0_val": {f"{k:g}": v for k, v in lr_vals.items()}},
               "mean_pose_test": float(mean_pose_errors(paths["nyu"]).errors.mean())}
     audited = [(name, args.work / "seed0" / f"fitted_variant_{index}")
