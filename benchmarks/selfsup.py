@@ -1,7 +1,7 @@
 """Does training by fitting work? Synthetic-only vs self-supervised vs supervised fine-tuning on fake NYU.
 
     python benchmarks/selfsup.py [--seeds 3] [--pretrain-steps N] [--curve-every K] [--variants] [--ablation]
-        [--rounds N [--round-variant NAME]] [--label-free] [--quick] [--work DIR] [--results benchmarks/results/selfsup.json] [--json]
+        [--rounds N [--round-variant NAME]] [--label-free] [--finetune-curve STEPS] [--quick] [--work DIR] [--results benchmarks/results/selfsup.json] [--json]
 
 For each seed: synthetic pretraining (``configs/synthetic-cpu.yaml``), then three fine-tunings from it for
 the same number of steps (``configs/selfsup-cpu.yaml``): synthetic-only continued (no real frames),
@@ -40,6 +40,9 @@ the schedule of every stored result; ``configs/synthetic-cpu.yaml``, the demo's,
 ``--curve-every K``: the pretraining keeps a checkpoint every K steps and each is evaluated on the validation
 split (with the held-out synthetic error logged at the same steps): the pretraining curve, to see whether it
 reached a plateau.
+``--finetune-curve STEPS`` (every seed): synthetic-only and self-supervised fine-tuning run on to STEPS, a
+checkpoint every half fine-tuning length evaluated on val and test: how the gain depends on the fine-tuning's
+length (300 steps are about 4.7 passes over the 256 train frames).
 ``--quick``: small data and short runs, for the test that runs a reduced comparison.
 Prints a markdown table (also written to ``--notes``), writes every figure to ``--results`` when given
 (top-level ``gap_share``: the share of the synthetic-only -> supervised gap on test closed by
@@ -289,14 +292,39 @@ def fitted_finetune(name: str, seed: int, options: list[str], paths: dict[str, P
     return finetune(name, seed, pretrain, paths, sizes, work, [], fitted) | {"pseudo_labels": errors}
 
 
+def finetune_run(name: str, seed: int, pretrain: Path, paths: dict[str, Path], work: Path, steps: int,
+                 extra: list[str], real: Path, every: int = 0) -> Path:
+    """The fine-tuning ``name`` from ``pretrain`` on ``real`` for ``steps`` (a checkpoint kept every ``every``)."""
+    run_dir = work / f"seed{seed}" / name
+    train("configs/selfsup-cpu.yaml", run_dir, steps,
+          [f"init={newest_checkpoint(pretrain)}", f"data.synthetic={paths['synth']}", f"data.real={real}",
+           f"run.seed={seed}", *extra], every)
+    return run_dir
+
+
 def finetune(name: str, seed: int, pretrain: Path, paths: dict[str, Path], sizes: Sizes, work: Path,
              extra: list[str], real: Path) -> dict:
-    run_dir = work / f"seed{seed}" / name
-    train("configs/selfsup-cpu.yaml", run_dir, sizes.finetune_steps,
-          [f"init={newest_checkpoint(pretrain)}", f"data.synthetic={paths['synth']}", f"data.real={real}",
-           f"run.seed={seed}", *extra])
+    """:func:`finetune_run` for ``sizes.finetune_steps``, evaluated on test, val and each test subject."""
+    run_dir = finetune_run(name, seed, pretrain, paths, work, sizes.finetune_steps, extra, real)
     return {"test": evaluate(run_dir, real / "test", "test"), "val": evaluate(run_dir, paths["val"] / "train", "val"),
             "subjects": per_subject(run_dir, real / "test", sizes.test_frames)}
+
+
+def finetune_curve(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, steps: int, lr: float) -> dict:
+    """Synthetic-only and self-supervised fine-tuning of the seed run to ``steps``, a checkpoint kept every half
+    ``sizes.finetune_steps``, each evaluated on val and test. The fine-tuning's learning rate is constant, so the
+    checkpoint at step k is the run of k steps (the one at ``sizes.finetune_steps`` reproduces the main table)."""
+    seed_dir, every = work / f"seed{seed}", sizes.finetune_steps // 2
+    runs = {"synthetic_only": ([*SYNTHETIC_ONLY, f"optim.lr={lr}"], paths["nyu"]),
+            "self_supervised": ([], seed_dir / "fitted")}
+    curves = {}
+    for name, (extra, real) in runs.items():
+        run_dir = finetune_run(f"{name}_curve{steps}", seed, seed_dir / "synthetic", paths, work, steps, extra, real,
+                               every)
+        curves[name] = [{"step": step, "val": evaluate(run_dir, paths["val"] / "train", f"val-step-{step}", path),
+                         "test": evaluate(run_dir, real / "test", f"test-step-{step}", path)}
+                        for step, path in list_checkpoints(run_dir / "checkpoints")]
+    return {"seed": seed} | curves
 
 
 def label_free(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, rounds: int, lr: float) -> dict:
@@ -440,6 +468,7 @@ def report(result: dict) -> str:
                 f"{fmt(row[seen]['fitted'])} | "
                 + ("-" if row[seen]["kept"] is None else f"{100 * row[seen]['kept']:.0f}%")
                 for seen in ("visible", "occluded")) + " |")
+    lines += report_finetune_curve(result.get("finetune_curve", []))
     if result.get("label_free"):
         rows = result["label_free"]
         later = [f"round {r['round']}" for r in rows[0].get("rounds", [])]
@@ -486,6 +515,24 @@ def report_rounds(seeds: list[dict], methods: dict[str, Callable[[dict], dict]])
                          f"{spread([v['test'] for v in runs])} | {spread([v['val'] for v in runs])} | "
                          f"{100 * gap_share(seeds, pick):.0f}% | "
                          + ", ".join(f"{100 * gap_share([r], pick):.0f}%" for r in seeds) + " |")
+    return lines
+
+
+def report_finetune_curve(curves: list[dict]) -> list[str]:
+    """The table of :func:`finetune_curve`'s runs, one row per kept step (none when it did not run)."""
+    if not curves:
+        return []
+    lines = ["", "Fine-tuning length (every seed's pretraining; one run per method to the last step at a constant "
+             "learning rate, so the checkpoint at step k is the k-step run): mean ± sd over seeds (mm), and "
+             "self-supervised minus synthetic-only on test per seed:", "",
+             "| steps | synthetic_only test | val | self_supervised test | val | gain per seed (test) |",
+             "| ---: | ---: | ---: | ---: | ---: | --- |"]
+    for index, point in enumerate(curves[0]["self_supervised"]):
+        at = lambda name, split: [curve[name][index][split] for curve in curves]  # noqa: E731
+        gains = [mine - theirs for mine, theirs in zip(at("self_supervised", "test"), at("synthetic_only", "test"))]
+        columns = [spread(at(name, split)) for name in ("synthetic_only", "self_supervised") for split in ("test", "val")]
+        lines.append(f"| {point['step']} | " + " | ".join(columns) + " | "
+                     + ", ".join(f"{gain:+.1f}" for gain in gains) + " |")
     return lines
 
 
@@ -536,6 +583,9 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, help="pretraining length (default 6000; --quick 600)")
     parser.add_argument("--curve-every", type=int, default=0,
                         help="evaluate the pretraining on val every K steps (default 0: only at its end)")
+    parser.add_argument("--finetune-curve", type=int, default=0, metavar="STEPS",
+                        help="also fine-tune synthetic-only and self-supervised to STEPS on every seed, evaluated "
+                             "every half fine-tuning length: the fine-tuning-length curve (default 0: off)")
     parser.add_argument("--quick", action="store_true", help="small data, short runs")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "selfsup")
     parser.add_argument("--notes", type=Path, default=ROOT / "runs" / "bench" / "selfsup.md")
@@ -562,6 +612,9 @@ def main() -> None:
         sizes = replace(sizes, pretrain_steps=args.pretrain_steps)
     if args.curve_every < 0:
         parser.error(f"--curve-every {args.curve_every}: must be 0 or more")
+    if args.finetune_curve and args.finetune_curve < sizes.finetune_steps:
+        parser.error(f"--finetune-curve {args.finetune_curve}: must be 0 or at least the fine-tuning's "
+                     f"{sizes.finetune_steps} steps")
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: must be at least 1")
     paths = build_data(args.work, sizes, args.label_free)
@@ -584,6 +637,9 @@ def main() -> None:
         result["audit"] = {"variant": audited[-1][0], "joints": audit_pseudo_labels(audited[-1][1], paths["raw"])}
     if args.ablation:
         result["ablation"] = ablation(paths, sizes, args.work)
+    if args.finetune_curve:
+        result["finetune_curve"] = [finetune_curve(seed, paths, sizes, args.work, args.finetune_curve, lr)
+                                    for seed in range(args.seeds)]
     if args.label_free:
         result["label_free"] = [label_free(seed, paths, sizes, args.work, args.rounds, lr) for seed in range(args.seeds)]
     text = report(result)

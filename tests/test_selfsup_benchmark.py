@@ -75,7 +75,48 @@ def test_pretraining_curve_reads_each_checkpoint(monkeypatch: pytest.MonkeyPatch
     assert selfsup.synthetic_error(run) == 25.0
 
 
-@pytest.mark.parametrize("option", [["--pretrain-steps", "0"], ["--curve-every", "-1"], ["--rounds", "0"]])
+def test_finetune_curve_evaluates_every_kept_step_of_both_methods(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    selfsup = load_benchmark(monkeypatch)
+    commands, evaluated = [], []
+
+    def python(*args, log=None):  # a run that keeps the checkpoints its command asks for
+        commands.append(args)
+        options = dict(arg.split("=", 1) for arg in args if "=" in arg)
+        run_dir = Path(options["run.dir"])
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        every, steps = int(options["checkpoint.every"]), int(options["run.steps"])
+        for step in range(every, steps + 1, every):
+            (run_dir / "checkpoints" / f"step-{step:09d}.pt").touch()
+
+    def evaluate(run_dir, split, name, checkpoint=None):
+        evaluated.append((run_dir.name, split.parent.name, name, checkpoint.name))
+        step = int(checkpoint.stem.removeprefix("step-"))
+        return 30.0 - step / 150 - (2.0 if run_dir.name.startswith("self_supervised") else 0.0)
+
+    (tmp_path / "seed0" / "synthetic" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "seed0" / "synthetic" / "checkpoints" / "step-000006000.pt").touch()
+    monkeypatch.setattr(selfsup, "python", python)
+    monkeypatch.setattr(selfsup, "evaluate", evaluate)
+    paths = {"synth": tmp_path / "synth", "nyu": tmp_path / "nyu", "val": tmp_path / "val"}
+    curve = selfsup.finetune_curve(0, paths, selfsup.FULL, tmp_path, 450, 3e-4)
+    synthetic_only, self_supervised = (dict(arg.split("=", 1) for arg in command if "=" in arg) for command in commands)
+    # Both fine-tune from the seed's pretraining to 450 steps, keeping every checkpoint at half the 300-step length.
+    for options in (synthetic_only, self_supervised):
+        assert options["init"].endswith("seed0/synthetic/checkpoints/step-000006000.pt")
+        assert (options["run.steps"], options["checkpoint.every"], options["checkpoint.keep"]) == ("450", "150", "3")
+    assert synthetic_only["optim.lr"] == "0.0003" and synthetic_only["data.real"] == str(tmp_path / "nyu")
+    assert self_supervised["data.real"] == str(tmp_path / "seed0" / "fitted") and "optim.lr" not in self_supervised
+    assert [point["step"] for point in curve["self_supervised"]] == [150, 300, 450]
+    assert curve["synthetic_only"][1] == {"step": 300, "val": 28.0, "test": 28.0}
+    assert ("self_supervised_curve450", "fitted", "test-step-450", "step-000000450.pt") in evaluated
+    assert len(evaluated) == 12  # 2 methods x 3 steps x (val, test)
+    table = "\n".join(selfsup.report_finetune_curve([curve]))
+    assert "| 300 | 28.0 | 28.0 | 26.0 | 26.0 | -2.0 |" in table, table
+
+
+@pytest.mark.parametrize("option", [["--pretrain-steps", "0"], ["--curve-every", "-1"], ["--rounds", "0"],
+                                    ["--finetune-curve", "100"]])
 def test_bad_lengths_are_refused(option: list[str], tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "selfsup.py"), *option, "--work",
                              str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=120)
