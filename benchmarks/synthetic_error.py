@@ -110,9 +110,9 @@ def main() -> None:
         parser.error(f"--samples {args.samples}: must be at least 1")
     net, _, config = load_network(args.checkpoint)
     cfg = from_dict(TrainConfig, config)
+    training = training_batch(args.synthetic, args.samples)  # fewer when the shards hold fewer
     result = {"machine": describe_machine(), "checkpoint": str(args.checkpoint), "held_out_samples": args.samples,
-              "training_samples": args.samples} | diagnose(net, cfg, training_batch(args.synthetic, args.samples),
-                                                          args.samples)
+              "training_samples": len(training["pose"])} | diagnose(net, cfg, training, args.samples)
     print(report(result))
     if args.json:
         print(json.dumps(result))
