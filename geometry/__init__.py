@@ -145,3 +145,29 @@ def invert_transform(transform: Array) -> Array:
     rotation_t = transform[..., :3, :3].swapaxes(-1, -2)
     translation = -(rotation_t @ transform[..., :3, 3:4])[..., 0]
     return make_transform(rotation_t, translation)
+
+
+def turn_and_scale_points(points: Array, turn_rad: float, scale: float) -> Array:
+    """Crop-frame points (..., 3) mm turned by ``turn_rad`` about the crop's z axis (the viewing direction:
+    +angle turns x towards y, i.e. clockwise on the image) and scaled by ``scale`` about the crop centre."""
+    cos, sin = math.cos(turn_rad), math.sin(turn_rad)
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    return _stack([(cos * x - sin * y) * scale, (sin * x + cos * y) * scale, z * scale])
+
+
+def turn_and_scale_depth(depth: torch.Tensor, crop: Crop, turn_rad: float, scale: float) -> torch.Tensor:
+    """(torch only) Crop depth images (..., S, S) as :func:`turn_and_scale_points` would see the same surface: the crop is
+    orthographic, so a turn about its z axis is the image turned about its centre and a scale about the
+    centre is the image zoomed with the depth scaled. Nearest sampling (no depth mixed across an edge);
+    pixels that come from outside the crop or from background stay background."""
+    size = depth.shape[-1]
+    images = depth.reshape(-1, 1, size, size)
+    cos, sin = math.cos(turn_rad) / scale, math.sin(turn_rad) / scale
+    # Output pixel p reads the input at R(-turn) p / scale (normalised coordinates, x right, y down).
+    inverse = torch.tensor([[cos, sin, 0.0], [-sin, cos, 0.0]], dtype=images.dtype, device=images.device)
+    grid = torch.nn.functional.affine_grid(inverse.expand(len(images), 2, 3), list(images.shape), align_corners=False)
+    background = crop.background_depth
+    sampled = torch.nn.functional.grid_sample(images - background, grid, mode="nearest", padding_mode="zeros",
+                                              align_corners=False) + background
+    foreground = sampled < background
+    return torch.where(foreground, crop.clip_depth(sampled * scale), sampled).reshape(depth.shape)

@@ -41,13 +41,24 @@ def read_verified_shard(shard: Path, expected: int, *, checksums: bool) -> list[
             for key, entries in samples]
 
 
+def first_samples(source: Path, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` decoded samples of a split (all of them where it holds fewer), read and verified
+    as :func:`derive_split` reads them."""
+    manifest = _finished_manifest(source)
+    samples: list[dict[str, Any]] = []
+    for listed in manifest["shards"]:
+        if len(samples) >= count:
+            break
+        samples += [decoded for _, _, decoded in read_verified_shard(source / listed["name"], int(listed["samples"]),
+                                                                    checksums=has_checksums(manifest))]
+    return samples[:count]
+
+
 def derive_split(source: Path, target: Path, add: AddEntries, *, chunk: int, desc: str,
                  extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``target`` (shards of the same names and kind as ``source``'s) whose samples are the source's
     plus the entries ``add`` returns for them, ``chunk`` samples per call; returns the new manifest."""
-    manifest = check_shard_files(source)
-    if manifest is None:
-        raise ShardsError(f"{source}: no manifest.json (an unfinished or hand-made split cannot be derived from)")
+    manifest = _finished_manifest(source)
     if Path(target).resolve() == Path(source).resolve():
         raise ShardsError(f"{target}: the derived split must differ from its source (the source is kept as it is)")
     target.mkdir(parents=True, exist_ok=True)
@@ -66,6 +77,13 @@ def derive_split(source: Path, target: Path, add: AddEntries, *, chunk: int, des
     keys = [key for key in manifest["keys"] if key != CHECKSUM_ENTRY] + sorted(added - set(manifest["keys"]))
     return write_manifest(target, kind=manifest["kind"], keys=tuple(keys), records=records,
                           args=manifest.get("args", {}), extra={"derived_from": str(source), **(extra_manifest or {})})
+
+
+def _finished_manifest(source: Path) -> dict[str, Any]:
+    manifest = check_shard_files(source)
+    if manifest is None:
+        raise ShardsError(f"{source}: no manifest.json (an unfinished or hand-made split cannot be read)")
+    return manifest
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -18,11 +18,13 @@ import hand
 from geometry import Crop
 from shards.reader import make_loader
 from train.network import NetworkConfig, NetworkOutput, build_network
+from tests.conftest import CROP, render_depth
 from tests.test_shards_corrupt import flip_payload
 from geometry import invert_transform, transform_points
 from train.network import cell_centres
-from train.pseudo_labels import (AUDIT_NAME, FITTED_ENTRY, SUMMARY_NAME, PseudoLabelConfig, fit_frames,
-                                 free_space_violation_mm, main, trusted_joints)
+from train.pseudo_labels import (AUDIT_NAME, FITTED_ENTRY, HAND_SCALES, SUMMARY_NAME, PseudoLabelConfig,
+                                 calibration_costs, fit_frames, free_space_violation_mm, main, predict_crops,
+                                 trusted_joints)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -46,14 +48,14 @@ def view1_error(joints: torch.Tensor, truth: torch.Tensor) -> float:
 
 def test_fusion_and_fitting_each_bring_the_views_closer_to_the_truth(model: hand.HandModel, scene: dict) -> None:
     cfg = PseudoLabelConfig(steps=60)
-    losses = cfg.losses(model, Crop(64, 300.0))
-    result = fit_frames(ViewsWithNoise(scene["joints"], 8.0), losses, scene["depth"], scene["cams"], cfg)
+    losses = cfg.losses(model, CROP)
+    result = fit_frames(ViewsWithNoise(scene["joints"], 8.0), losses, scene["depth"], scene["cams"], cfg, CROP)
     network, fused, fitted = (view1_error(result[k], scene["joints"]) for k in ("network", "fused", "fitted"))
     assert fused < 0.85 * network, (network, fused)
     assert fitted < 0.8 * fused, (fused, fitted)
     assert result["cost"][-1] < 0.5 * result["cost"][0]
     unfitted = fit_frames(ViewsWithNoise(scene["joints"], 8.0), losses, scene["depth"], scene["cams"],
-                          PseudoLabelConfig(steps=0))
+                          PseudoLabelConfig(steps=0), CROP)
     torch.testing.assert_close(unfitted["fitted"], unfitted["fused"])
 
 
@@ -77,9 +79,9 @@ class ViewsWithSharedError(nn.Module):
 
 def test_confidence_fusion_prefers_the_view_that_is_sure(model: hand.HandModel, scene: dict) -> None:
     net = ViewsWithSharedError(scene["joints"], scene["cams"])
-    losses = PseudoLabelConfig().losses(model, Crop(64, 300.0))
-    results = {fusion: fit_frames(net, losses, scene["depth"], scene["cams"], PseudoLabelConfig(steps=0, fusion=fusion))
-               for fusion in ("median", "confidence")}
+    losses = PseudoLabelConfig().losses(model, CROP)
+    results = {fusion: fit_frames(net, losses, scene["depth"], scene["cams"], PseudoLabelConfig(steps=0, fusion=fusion),
+                                  CROP) for fusion in ("median", "confidence")}
     errors = {fusion: view1_error(result["fused"], scene["joints"]) for fusion, result in results.items()}
     assert errors["median"] > 9.0 and errors["confidence"] < 0.1, errors
     # The view spread is the middle view's distance from the fused joint: two agreeing views make it 0 (the
@@ -89,7 +91,7 @@ def test_confidence_fusion_prefers_the_view_that_is_sure(model: hand.HandModel, 
 
 
 def test_joints_the_fit_cannot_vouch_for_keep_no_target(model: hand.HandModel, scene: dict) -> None:
-    crop = Crop(64, 300.0)
+    crop = CROP
     fitted = scene["joints"].clone()
     common = transform_points(scene["cams"], fitted)[:, :1]  # view 1's frame
     common[:, 0, 5, 2] -= 40.0  # sphere 5 floats 40 mm before the hand towards camera 1
@@ -105,7 +107,53 @@ def test_joints_the_fit_cannot_vouch_for_keep_no_target(model: hand.HandModel, s
     assert trusted_joints(result, scene["depth"], model.radii, crop, PseudoLabelConfig()).all()  # checks off
 
 
-def save_network(path: Path, crop: Crop = Crop(64, 300.0)) -> Path:
+class CentroidNetwork(nn.Module):
+    """Predicts every joint at the centroid of the crop's foreground, plus ``bias_mm`` along the image's x:
+    a network that turns with the crop (its answer turns and scales with the image) but for an error fixed in
+    the image frame."""
+
+    def __init__(self, bias_mm: float) -> None:
+        super().__init__()
+        self.bias_mm = bias_mm
+
+    def forward(self, images: torch.Tensor) -> NetworkOutput:
+        foreground = (images[:, 0] < CROP.background_depth).float()  # (N, S, S)
+        rows, columns = torch.meshgrid(torch.arange(64.0) + 0.5, torch.arange(64.0) + 0.5, indexing="ij")
+        count = foreground.sum((-2, -1))
+        uvz = torch.stack([(foreground * columns).sum((-2, -1)) / count, (foreground * rows).sum((-2, -1)) / count,
+                           (foreground * images[:, 0]).sum((-2, -1)) / count], dim=-1)
+        centroid = CROP.from_pixels(uvz) + torch.tensor([self.bias_mm, 0.0, 0.0])
+        return NetworkOutput([], [], centroid[:, None].expand(-1, 41, -1))
+
+
+def test_turned_crops_map_back_onto_the_crop(scene: dict) -> None:
+    images = scene["depth"].reshape(-1, 1, 64, 64)
+    copies = PseudoLabelConfig(consistency_turns_deg=[-30.0, 30.0], consistency_scales=[0.9, 1.15]).crop_copies()
+    alone, _ = predict_crops(CentroidNetwork(0.0), images, CROP, [(0.0, 1.0)])
+    for copy in copies[1:]:  # each copy, mapped back, sees the hand where the crop does (to a crop pixel: nearest sampling)
+        mapped, _ = predict_crops(CentroidNetwork(0.0), images, CROP, [copy])
+        assert float((mapped - alone).norm(dim=-1).max()) < CROP.mm_per_pixel, copy
+    # An error fixed in the image frame turns with the copies: their median undoes part of it.
+    biased, _ = predict_crops(CentroidNetwork(10.0), images, CROP, copies)
+    assert float((biased - alone).norm(dim=-1).mean()) < 9.5
+    assert float((predict_crops(CentroidNetwork(10.0), images, CROP, [(0.0, 1.0)])[0] - alone).norm(dim=-1).mean()) \
+        == pytest.approx(10.0, abs=1e-3)
+
+
+def test_calibration_finds_the_hand_size_from_the_depth(model: hand.HandModel, scene: dict) -> None:
+    cfg = PseudoLabelConfig(steps=40)
+    chosen = {}
+    for size in (1.0, 1.2):
+        joints = scene["joints"] * size  # a hand this much larger about the crop centre, its spheres too
+        samples = [{"depth": depth, "cams": cams} for depth, cams in zip(render_depth(joints, model.radii * size).numpy(),
+                                                                          scene["cams"].numpy())]
+        costs = calibration_costs(ViewsWithNoise(joints, 3.0), model, CROP, samples, cfg, "cpu")
+        assert set(costs) == set(HAND_SCALES)
+        chosen[size] = min(costs, key=costs.get)
+    assert chosen == {1.0: 1.0, 1.2: 1.2}, chosen
+
+
+def save_network(path: Path, crop: Crop = CROP) -> Path:
     torch.manual_seed(0)
     cfg = NetworkConfig(stacks=1, width=16)
     torch.save({"step": 1, "model": build_network(cfg, crop=crop).state_dict(),
@@ -163,6 +211,10 @@ def test_command_bad_inputs_exit_2_naming_them(checkpoint: Path, nyu_shards_gt: 
         "--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), "fusion=mean")
     assert "'max_free_space_mm' is a distance >= 0" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"),
                                                              "max_free_space_mm=-2")
+    assert "'consistency_scales' holds scales > 0, got [0.0]" in fails(
+        "--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), "consistency_scales=[0]")
+    assert "'hand_scale' holds scales > 0, got -1.0" in fails("--data", str(nyu_shards_gt), "--out",
+                                                              str(tmp_path / "o"), "hand_scale=-1")
     assert "unknown config key 'stepz'" in fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), "stepz=1")
     other_crop = save_network(tmp_path / "step-2.pt", Crop(64, 250.0))
     error = fails("--data", str(nyu_shards_gt), "--out", str(tmp_path / "o"), net=other_crop)
@@ -194,3 +246,18 @@ def test_untrusted_joints_are_written_as_nan(checkpoint: Path, nyu_shards_gt: Pa
     assert (unknown == unknown[:, :1]).all()
     assert 0.0 < summary["kept_share"] < 1.0
     assert float(1 - unknown[:, 0].float().mean()) == pytest.approx(summary["kept_share"])
+
+
+def test_command_calibrates_the_hand_scale_and_predicts_turned_copies(checkpoint: Path, nyu_shards_gt: Path,
+                                                                      tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "fitted"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(nyu_shards_gt), "--out", str(out), "steps=2",
+                 "calibrate_hand_scale=true", "calibration_frames=4", "consistency_turns_deg=[-20,20]"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    costs = {float(scale): cost for scale, cost in summary["calibration"].items()}
+    assert sorted(costs) == list(HAND_SCALES) and len(set(costs.values())) == len(costs)  # each size its own fit
+    assert summary["settings"]["hand_scale"] == min(costs, key=costs.get)
+    assert summary["settings"]["consistency_turns_deg"] == [-20.0, 20.0]
+    assert json.loads((out / "train" / SUMMARY_NAME).read_text()) == summary
+    assert summary["frames"] == json.loads((nyu_shards_gt / "train" / "manifest.json").read_text())["samples"]

@@ -105,6 +105,8 @@ class LossConfig:
     # Sphere radii (projection) and bone lengths (bone_length) at the template's size (the reference) or
     # scaled to each predicted hand (HandSizer).
     hand_size: HandSize = "template"
+    # The template's radii and bone lengths times this (a subject's calibrated size; train.pseudo_labels).
+    hand_scale: Annotated[float, Range(gt=0)] = 1.0
     consistency_steps: Annotated[int, Range(ge=0)] = 1500  # consistency is active for the first this many steps of each epoch
     epoch_steps: int = 2910  # steps per epoch (reference: 72,757 frames / 25); <= 0: consistency always on
     collision_tolerance_mm: Annotated[float, Range(ge=0)] = 6.0  # sphere interpenetration allowed before collision costs
@@ -413,8 +415,9 @@ class Losses(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.weights = {name: float(term.weight) for name, term in cfg.terms().items() if term.enabled}
-        radii = hand.radii.detach().float().cpu()
+        radii = hand.radii.detach().float().cpu() * cfg.hand_scale
         pairs, template = rigid_pairs(hand)
+        template = template * cfg.hand_scale
         bones = len(hand.bones)  # rigid_pairs lists the finger bones first
         sizer = HandSizer(pairs[:bones], template[:bones]) if cfg.hand_size == "predicted" else None
         modules: dict[str, Callable[[], nn.Module]] = {

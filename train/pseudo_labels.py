@@ -31,18 +31,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from fileio import write_atomic, write_json_atomic
-from geometry import Crop, invert_transform, transform_points
+from geometry import Crop, invert_transform, transform_points, turn_and_scale_depth, turn_and_scale_points
 from hand import HandModel
-from shards.derive import derive_split, link_split
+from shards.derive import derive_split, first_samples, link_split
 from shards.format import ShardsError, check_crop, read_manifest
 from shards.nyu_protocol import NYU_EVAL_JOINTS
 from train.checkpoint import CheckpointError, load_network, resolve_checkpoint
@@ -54,6 +56,8 @@ from train.scores import joint_errors
 SUMMARY_NAME = "pseudo_labels.json"
 AUDIT_NAME = "label_errors.npz"  # per frame and evaluated joint, where the shards carry labels (a diagnosis)
 FITTING_TERMS = ("projection", "collision", "bone_length")
+# The hand sizes calibrate_hand_scale tries (times the template's radii and bone lengths).
+HAND_SCALES = tuple(round(0.8 + 0.1 * step, 1) for step in range(9))
 
 
 @dataclass
@@ -76,10 +80,28 @@ class PseudoLabelConfig:
     collision: float = 10.0  # weight of the collision term
     bone_length: float = 10.0  # weight of the bone-length term (template lengths)
     batch_frames: int = 32  # frames fitted together
+    # Augmentation consistency: each crop is also predicted turned in its image plane by each of these angles
+    # and zoomed by each of these scales, the joints mapped back to the crop; the network's joints are the
+    # per-coordinate median over the crop and its copies (one network's error depends on how the hand lies
+    # in the image: turned copies make different errors). Empty: the crop alone.
+    consistency_turns_deg: list[float] = field(default_factory=list)
+    consistency_scales: list[float] = field(default_factory=list)
+    # The hand's size in the fit: the template's sphere radii and bone lengths times hand_scale. NYU's train
+    # split is one person: calibrate_hand_scale sets it to the scale of HAND_SCALES whose fits of the split's
+    # first calibration_frames frames explain their depth best (lowest model-to-data cost: on fake NYU the
+    # data-to-model cost keeps falling past 1.6x, the forearm's points nearer as the spheres grow).
+    hand_scale: float = 1.0
+    calibrate_hand_scale: bool = False
+    calibration_frames: int = 32
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_frames < 1 or not self.lr_mm > 0:
-            raise ValueError(f"bad pseudo-label settings {asdict(self)}: steps >= 0, batch_frames >= 1, lr_mm > 0")
+        if self.steps < 0 or self.batch_frames < 1 or not self.lr_mm > 0 or self.calibration_frames < 1:
+            raise ValueError(f"bad pseudo-label settings {asdict(self)}: steps >= 0, batch_frames >= 1, lr_mm > 0, "
+                             "calibration_frames >= 1")
+        for name in ("hand_scale", "consistency_scales"):
+            values = getattr(self, name)
+            if not all(value > 0 for value in (values if isinstance(values, list) else [values])):
+                raise ValueError(f"pseudo-label setting {name!r} holds scales > 0, got {values}")
         for name in ("max_view_spread_mm", "max_free_space_mm"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"pseudo-label setting {name!r} is a distance >= 0 (0: off), got {getattr(self, name)}")
@@ -92,7 +114,13 @@ class PseudoLabelConfig:
         off = {name: TermConfig(0.0, enabled=False) for name in LossConfig().terms() if name not in FITTING_TERMS}
         on = {name: TermConfig(getattr(self, name), enabled=getattr(self, name) > 0) for name in FITTING_TERMS}
         # One fused hand seen in every view: each view's own pair is enough (the cross pairs repeat them).
-        return build_losses(LossConfig(**off, **on, projection_pairs="same_view"), hand, crop=crop)
+        return build_losses(LossConfig(**off, **on, projection_pairs="same_view", hand_scale=self.hand_scale), hand,
+                            crop=crop)
+
+    def crop_copies(self) -> list[tuple[float, float]]:
+        """(turn in radians, scale) of each copy the network predicts: the crop itself first."""
+        return ([(0.0, 1.0)] + [(math.radians(turn), 1.0) for turn in self.consistency_turns_deg]
+                + [(0.0, scale) for scale in self.consistency_scales])
 
 
 def fuse_by_confidence(common: torch.Tensor, spread_px: torch.Tensor) -> torch.Tensor:
@@ -117,17 +145,33 @@ def free_space_violation_mm(joints: torch.Tensor, radii: torch.Tensor, depth: to
     return torch.where(inside, gap, torch.zeros_like(gap)).amax(dim=1).clamp_min(0)
 
 
+def predict_crops(net: torch.nn.Module, images: torch.Tensor, crop: Crop,
+                  copies: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Crop depth (N, 1, S, S) -> joints (N, J, 3): the per-coordinate median of the network's joints over the
+    crop's ``copies`` ((turn, scale) each, :meth:`PseudoLabelConfig.crop_copies`), each mapped back to the
+    crop; and the heatmaps' spread (N, J) px, their mean (None where the network has no heatmaps)."""
+    joints, spreads = [], []
+    for turn, scale in copies:
+        output = net(turn_and_scale_depth(images, crop, turn, scale) if (turn, scale) != (0.0, 1.0) else images)
+        joints.append(turn_and_scale_points(output.joints.float(), -turn, 1.0 / scale))
+        if output.heatmaps:
+            spreads.append(heatmap_spread_px(output.heatmaps[-1].float(), net.cell_centres_px))
+    spread = torch.stack(spreads).mean(0) if spreads else None
+    return torch.stack(joints).median(dim=0).values, spread
+
+
 def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: torch.Tensor,
-               cfg: PseudoLabelConfig) -> dict[str, torch.Tensor]:
-    """depth (B, V, S, S) mm, cams (B, V, 4, 4) -> per-view joints (B, V, J, 3) of the network (``network``),
+               cfg: PseudoLabelConfig, crop: Crop) -> dict[str, torch.Tensor]:
+    """depth (B, V, S, S) mm, cams (B, V, 4, 4) -> per-view joints (B, V, J, 3) of the network (``network``:
+    over the crop copies of ``cfg``, :func:`predict_crops`),
     of the fit's start (``fused``: the fused views, or the network's with ``fuse`` off) and of the fit
     (``fitted``), the fitting cost per step (``cost``) and how far apart the views' predictions lie
     (``view_spread``, (B, J) mm: the middle view's distance from the fused joint; two views that agree
     make it small)."""
     frames, views, size = depth.shape[0], depth.shape[1], depth.shape[-1]
     with torch.no_grad():
-        output = net(depth.reshape(-1, 1, size, size))
-        network = output.joints.reshape(frames, views, -1, 3).float()
+        predicted, spread_px = predict_crops(net, depth.reshape(-1, 1, size, size), crop, cfg.crop_copies())
+        network = predicted.reshape(frames, views, -1, 3)
     to_views = invert_transform(cams)
 
     def per_view(common: torch.Tensor) -> torch.Tensor:  # (B, 1 or V, J, 3) in view 1's frame -> (B, V, J, 3)
@@ -138,7 +182,8 @@ def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: 
 
     common, fused = fuse_views(network, cams)  # (B, V, J, 3) and (B, 1, J, 3), view 1's frame
     if cfg.fusion == "confidence":
-        spread_px = heatmap_spread_px(output.heatmaps[-1].float(), net.cell_centres_px)
+        if spread_px is None:
+            raise ValueError("fusion=confidence needs a network with heatmaps")
         fused = fuse_by_confidence(common, spread_px.reshape(frames, views, -1))
     start = fused if cfg.fuse else common
     joints = start.clone().requires_grad_(True)
@@ -178,6 +223,9 @@ class PseudoLabelSummary:
     cost_fused: float  # mean fitting cost at the fused views
     cost_fitted: float  # mean fitting cost after the fit
     kept_share: float  # share of the frames' spheres that keep a target (1.0 without the trust checks)
+    # With calibrate_hand_scale: the model-to-data cost of the calibration frames' fits at each hand scale
+    # (the lowest chose settings.hand_scale).
+    calibration: dict[str, float] | None
     # View-1 mean error of network / fused / fitted on the 14 NYU joints, and of the fitted joints that kept a
     # target (fitted_kept), if labelled; per frame and joint in label_errors.npz.
     label_error_mm: dict | None
@@ -199,7 +247,7 @@ class FrameFitter:
 
     def __call__(self, samples: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
         depth = self._stacked(samples, "depth")
-        result = fit_frames(self.net, self.losses, depth, self._stacked(samples, "cams"), self.cfg)
+        result = fit_frames(self.net, self.losses, depth, self._stacked(samples, "cams"), self.cfg, self.crop)
         kept = trusted_joints(result, depth, self.radii, self.crop, self.cfg).cpu().numpy()
         self.costs.append(result["cost"][[0, -1]].cpu())
         self.kept.append(kept)
@@ -234,6 +282,22 @@ def mean_label_errors(errors: dict[str, np.ndarray]) -> dict[str, float]:
                     else float("nan")}
 
 
+def calibration_costs(net: torch.nn.Module, hand: HandModel, crop: Crop, samples: list[dict[str, Any]],
+                      cfg: PseudoLabelConfig, device: str) -> dict[float, float]:
+    """The model-to-data cost (mean over ``samples``) of their fits at each of :data:`HAND_SCALES`: how well
+    a hand of that size explains the depth. A bigger hand covers more of the observed hand (and, near the
+    wrist, of the forearm); a hand too big covers background the camera saw past."""
+    depth, cams = (torch.tensor(np.stack([sample[key] for sample in samples]), dtype=torch.float32, device=device)
+                   for key in ("depth", "cams"))
+    costs = {}
+    for scale in tqdm(HAND_SCALES, desc="calibrating the hand scale", unit="scale"):
+        losses = replace(cfg, hand_scale=scale).losses(hand, crop).to(device)
+        fitted = fit_frames(net, losses, depth, cams, cfg, crop)["fitted"]
+        projection = losses.terms["projection"]
+        costs[scale] = float(projection.model_to_data(fitted[:, :, None], depth, projection.radii))
+    return costs
+
+
 def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: PseudoLabelConfig,
                  device: str = "cpu") -> PseudoLabelSummary:
     """Writes ``OUT/train`` (the samples of ``DATA/train`` plus ``fitted.npy``, and ``pseudo_labels.json``:
@@ -246,13 +310,19 @@ def pseudo_label(checkpoint: str | Path, data: str | Path, out: str | Path, cfg:
     net, crop, _ = load_network(checkpoint, device)
     check_crop(source, crop, f"the network of {checkpoint}")
     hand = HandModel()
-    fitter = FrameFitter(net, cfg.losses(hand, crop).to(device), cfg, hand.radii.detach().float().to(device), crop,
-                         device)
+    calibration = None
+    if cfg.calibrate_hand_scale:
+        calibration = calibration_costs(net, hand, crop, first_samples(source, cfg.calibration_frames), cfg, device)
+        cfg = replace(cfg, hand_scale=min(calibration, key=calibration.get))
+    radii = hand.radii.detach().float().to(device) * cfg.hand_scale
+    fitter = FrameFitter(net, cfg.losses(hand, crop).to(device), cfg, radii, crop, device)
     manifest = derive_split(source, target, fitter, chunk=cfg.batch_frames, desc="fitting frames")
     cost = torch.stack(fitter.costs).mean(0).tolist() if fitter.costs else [float("nan")] * 2
     audit = fitter.label_errors()
     summary = PseudoLabelSummary(str(checkpoint), str(source), int(manifest["samples"]), asdict(cfg), cost[0], cost[1],
-                                 fitter.kept_share(), None if audit is None else mean_label_errors(audit))
+                                 fitter.kept_share(),
+                                 None if calibration is None else {f"{k:g}": v for k, v in calibration.items()},
+                                 None if audit is None else mean_label_errors(audit))
     if audit is not None:
         write_atomic(target / AUDIT_NAME, lambda file: np.savez(file, **audit))
     write_json_atomic(target / SUMMARY_NAME, asdict(summary))
