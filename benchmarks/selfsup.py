@@ -32,7 +32,8 @@ error on the first seed's val, so that the baseline gets its own best.
 ``--label-free``: the same self-supervision on shards cropped at the depth centre of mass with one fixed
 camera calibration (``shards nyu --center com --cameras fixed``) instead of labelled centres and per-frame
 cameras (every seed; evaluated on the test split cropped the same way, beside the pretrained and the
-synthetic-only networks there).
+synthetic-only networks there), and the three networks on the raw test frames cropped at the label-free centre
+and re-cropped 0-2 times at their own predicted palm (``train.predict --refine N``, ``benchmarks/refine.py``).
 ``--pretrain-steps N``: the pretraining's length (default 6,000, where the validation error has reached its
 plateau; 600 with ``--quick``); its learning rate drops tenfold at 60% and 90% of the run (``PRETRAIN_SCHEDULE``,
 the schedule of every stored result; ``configs/synthetic-cpu.yaml``, the demo's, drops later). Runs already in
@@ -64,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from machine import describe_machine
+from refine import measure as measure_refinement
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's packages, for the per-subject evaluation and the mean pose
@@ -95,6 +97,7 @@ PSEUDO_LABEL_VARIANTS["fusion, consistency, calibration"] = [
     option for name in ("confidence fusion", "augmentation consistency", "hand scale calibration")
     for option in PSEUDO_LABEL_VARIANTS[name]]
 AUDITED_VARIANT = "all three"  # the variant with every check; else the last variant that ran on seed 0
+REFINES = (0, 1, 2)  # label-free test crops re-cropped this many times at the network's palm (--label-free)
 # The reference's way: fine-tuning on the fitting terms' gradients, no pseudo-labels (weights chosen on val).
 DIRECT_WEIGHTS = {"projection": 1e-2, "consistency": 0.1, "collision": 0.1, "bone_length": 0.1, "heatmap_mean": 1e-2}
 DIRECT = [*REAL_TERMS_OFF, *(f"loss.{term}.enabled=true" for term in DIRECT_WEIGHTS),
@@ -348,8 +351,22 @@ def label_free(seed: int, paths: dict[str, Path], sizes: Sizes, work: Path, roun
         row["rounds"] = later_rounds(seed, rounds, paths["nyu_label_free"], "self_supervised_label_free",
                                      "fitted_label_free", [], paths, sizes, work)
     test = paths["nyu_label_free"] / "test"
+    networks = {"pretrained": pretrain, "synthetic_only": seed_dir / synthetic_only_name(lr, sizes),
+                "self_supervised": seed_dir / "self_supervised_label_free"}
     return row | {"seed": seed, "pseudo_labels": errors, "pretrained_test": evaluate(pretrain, test, "test-label-free"),
-                  "synthetic_only_test": evaluate(seed_dir / synthetic_only_name(lr, sizes), test, "test-label-free")}
+                  "synthetic_only_test": evaluate(networks["synthetic_only"], test, "test-label-free"),
+                  "refined": {name: crop_refinement(run_dir, paths["raw"] / "test") for name, run_dir in networks.items()}}
+
+
+def crop_refinement(run_dir: Path, raw_test: Path) -> dict[str, float]:
+    """The run's test error on the raw fake-NYU test frames (view 1) cropped at the label-free centre, then
+    re-cropped ``REFINES`` times at its own predicted palm (``train.predict --refine N``;
+    ``benchmarks/refine.py``), kept in ``refine.json``."""
+    out = run_dir / "refine.json"
+    if not out.exists():
+        rows = measure_refinement(run_dir, raw_test, list(REFINES))
+        out.write_text(json.dumps({str(n): rows[f"com, refine {n}"]["mean_error_mm"] for n in REFINES}))
+    return json.loads(out.read_text())
 
 
 def ablation(paths: dict[str, Path], sizes: Sizes, work: Path) -> dict[str, dict]:
@@ -506,7 +523,23 @@ def report(result: dict) -> str:
         for index, name in enumerate(["round 1", *later]):
             lines.append(f"- label-free self-supervised ({name}) minus synthetic-only (test): " + ", ".join(
                 f"{runs(row)[index]['test'] - row['synthetic_only_test']:+.1f}" for row in rows) + " mm per seed")
+        if all("refined" in row for row in rows):
+            lines += report_refinement(rows)
     return "\n".join(lines) + "\n"
+
+
+def report_refinement(rows: list[dict]) -> list[str]:
+    """The label-free networks with the network's crop refinement (:func:`crop_refinement`), mean ± sd over seeds."""
+    names = list(rows[0]["refined"])
+    lines = ["", "Label-free test frames re-cropped at the network's own palm (`train.predict --refine N`, the raw "
+             "test frames, view 1, first crop at the label-free centre; self-supervised: round 1), mean ± sd over "
+             "seeds (mm):", "", "| refine | " + " | ".join(names) + " | self-supervised minus synthetic-only, per seed |",
+             "| ---: |" + " ---: |" * len(names) + " --- |"]
+    for n in rows[0]["refined"][names[0]]:
+        gains = ", ".join(f"{r['refined']['self_supervised'][n] - r['refined']['synthetic_only'][n]:+.1f}" for r in rows)
+        lines.append(f"| {n} | " + " | ".join(spread([r["refined"][name][n] for r in rows]) for name in names)
+                     + f" | {gains} |")
+    return lines
 
 
 def plain_self_supervised(row: dict) -> dict:

@@ -210,3 +210,33 @@ def test_the_synthetic_only_baseline_runs_at_its_best_learning_rate_on_val(
     # The config's own rate keeps the plain name (earlier runs are reused); the others are named by their rate.
     assert runs == [("synthetic_only", 0), ("synthetic_only_lr0.0003", 0), ("synthetic_only_lr0.001", 0)]
     assert selfsup.synthetic_only_lr({}, selfsup.QUICK, tmp_path, 0) == (1e-4, {})  # one rate: nothing to run
+
+
+def test_label_free_networks_are_measured_with_crop_refinement_once(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    selfsup = load_benchmark(monkeypatch)
+    measured = []
+
+    def measure(run_dir, raw_test, refines):
+        measured.append((run_dir.name, raw_test, tuple(refines)))
+        offset = {"synthetic": 0.0, "synthetic_only_lr0.001": 1.0, "self_supervised_label_free": -1.0}[run_dir.name]
+        return {"labelled palm": {"mean_error_mm": 1.0}} | {
+            f"com, refine {n}": {"mean_error_mm": 25.0 + offset + n} for n in refines}
+
+    monkeypatch.setattr(selfsup, "measure_refinement", measure)
+    monkeypatch.setattr(selfsup, "pseudo_labels", lambda network, real, out, sizes, options: (out, {"fitted": 20.0}))
+    monkeypatch.setattr(selfsup, "finetune", lambda *args: {"test": 24.0, "val": 25.0, "subjects": {}})
+    monkeypatch.setattr(selfsup, "evaluate", lambda run_dir, split, name, checkpoint=None: 26.0)
+    for name in ("synthetic", "synthetic_only_lr0.001", "self_supervised_label_free"):
+        (tmp_path / "seed0" / name).mkdir(parents=True)
+    paths = {"raw": tmp_path / "fake-nyu", "nyu_label_free": tmp_path / "nyu-com-fixed"}
+    sizes = selfsup.FULL
+    rows = [selfsup.label_free(0, paths, sizes, tmp_path, 1, 1e-3) for _ in range(2)]  # the second reads refine.json
+    assert measured == [(name, tmp_path / "fake-nyu" / "test", selfsup.REFINES)
+                        for name in ("synthetic", "synthetic_only_lr0.001", "self_supervised_label_free")]
+    assert rows[0] == rows[1]
+    assert rows[0]["refined"] == {"pretrained": {"0": 25.0, "1": 26.0, "2": 27.0},
+                                  "synthetic_only": {"0": 26.0, "1": 27.0, "2": 28.0},
+                                  "self_supervised": {"0": 24.0, "1": 25.0, "2": 26.0}}
+    table = "\n".join(selfsup.report_refinement(rows))
+    assert "| 1 | 26.0 ± 0.0 | 27.0 ± 0.0 | 25.0 ± 0.0 | -2.0, -2.0 |" in table, table
