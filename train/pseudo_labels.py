@@ -5,20 +5,22 @@ training stage (``loss.fitted``).
     python -m train.pseudo_labels --checkpoint runs/synthetic --data shards/nyu --out shards/nyu-fitted \
         [--config configs/pseudo-labels.yaml] [steps=100 collision=1.0 ...] [--device cpu]
 
-Per frame of ``DATA/train``: the network predicts every view (3 images); the views' joints are mapped into
-view 1's frame and fused (``fusion``: their per-coordinate median, the multi-view consistency estimate, or
-each joint weighted by how sharp its heatmap is in each view); then the fused sphere centres are refined by
-Adam on the fitting terms of :mod:`train.losses` (projection into all views, collision, bone length;
-:meth:`train.losses.Losses.real_cost`) for ``steps`` steps. Joints the fit cannot vouch for can be left
-without a target (``nan`` in ``fitted.npy``; ``loss.fitted`` skips them): those whose views disagree
-(``max_view_spread_mm``) and those whose fitted sphere floats in front of the observed depth in some view,
-where the camera would have seen it (``max_free_space_mm``). The settings are
-a :class:`PseudoLabelConfig` (defaults, then ``--config`` YAML, then ``key=value`` overrides, checked as
-strictly as the training config). ``OUT/train`` gets every sample unchanged plus ``fitted.npy`` ((3, J, 3)
-mm, the fit in each view's crop frame; :mod:`shards.derive` writes it); ``OUT/test`` links to ``DATA/test``
-so that ``data.real=OUT`` trains on the fits and evaluates on the real test split. No label is read to
-make a fit; where the shards carry labels, ``OUT/train/pseudo_labels.json`` reports how far the network,
-the fusion and the fit are from them (a diagnosis, read after the fact).
+Per frame of ``DATA/train``: the network predicts every view (3 images; with ``consistency_turns_deg`` /
+``consistency_scales`` each image also turned / zoomed, the joints mapped back and their median kept); the
+views' joints are mapped into view 1's frame and fused (``fusion``: their per-coordinate median, the
+multi-view consistency estimate, or each joint weighted by how sharp its heatmap is in each view); then the
+fused sphere centres are refined by Adam on the fitting terms of :mod:`train.losses` (projection into all
+views, collision, bone length; :meth:`train.losses.Losses.real_cost`) for ``steps`` steps, with the template
+hand scaled by ``hand_scale`` (or the size that ``calibrate_hand_scale`` finds in the split's depth). Joints
+the fit cannot vouch for can be left without a target (``nan`` in ``fitted.npy``; ``loss.fitted`` skips them):
+those whose views disagree (``max_view_spread_mm``) and those whose fitted sphere floats in front of the
+observed depth in some view, where the camera would have seen it (``max_free_space_mm``). The settings are a
+:class:`PseudoLabelConfig` (defaults, then ``--config`` YAML, then ``key=value`` overrides, checked as
+strictly as the training config). ``OUT/train`` gets every sample unchanged plus ``fitted.npy`` ((3, J, 3) mm,
+the fit in each view's crop frame; :mod:`shards.derive` writes it); ``OUT/test`` links to ``DATA/test`` so
+that ``data.real=OUT`` trains on the fits and evaluates on the real test split. No label is read to make a
+fit; where the shards carry labels, ``OUT/train/pseudo_labels.json`` reports how far the network, the fusion
+and the fit are from them (a diagnosis, read after the fact).
 
 Why not fine-tune on the fitting terms' gradients alone: on a synthetic-pretrained network the gradients of
 the fitting terms move the soft-argmax joints less than they move the heatmaps off the hand (BENCHMARKS.md,
