@@ -129,15 +129,15 @@ class CentroidNetwork(nn.Module):
 def test_turned_crops_map_back_onto_the_crop(scene: dict) -> None:
     images = scene["depth"].reshape(-1, 1, 64, 64)
     copies = PseudoLabelConfig(consistency_turns_deg=[-30.0, 30.0], consistency_scales=[0.9, 1.15]).crop_copies()
-    alone, _ = predict_crops(CentroidNetwork(0.0), images, CROP, [(0.0, 1.0)])
-    for copy in copies[1:]:  # each copy, mapped back, sees the hand where the crop does (to a crop pixel: nearest sampling)
-        mapped, _ = predict_crops(CentroidNetwork(0.0), images, CROP, [copy])
+    alone, _ = predict_crops(CentroidNetwork(0.0), images, CROP, [(0.0, 1.0)], spread=False)
+    for copy in copies[1:]:  # each copy, mapped back, sees the hand where the crop does (to a pixel: nearest sampling)
+        mapped, _ = predict_crops(CentroidNetwork(0.0), images, CROP, [copy], spread=False)
         assert float((mapped - alone).norm(dim=-1).max()) < CROP.mm_per_pixel, copy
     # An error fixed in the image frame turns with the copies: their median undoes part of it.
-    biased, _ = predict_crops(CentroidNetwork(10.0), images, CROP, copies)
+    biased, _ = predict_crops(CentroidNetwork(10.0), images, CROP, copies, spread=False)
     assert float((biased - alone).norm(dim=-1).mean()) < 9.5
-    assert float((predict_crops(CentroidNetwork(10.0), images, CROP, [(0.0, 1.0)])[0] - alone).norm(dim=-1).mean()) \
-        == pytest.approx(10.0, abs=1e-3)
+    unturned, _ = predict_crops(CentroidNetwork(10.0), images, CROP, [(0.0, 1.0)], spread=False)
+    assert float((unturned - alone).norm(dim=-1).mean()) == pytest.approx(10.0, abs=1e-3)
 
 
 def test_calibration_finds_the_hand_size_from_the_depth(model: hand.HandModel, scene: dict) -> None:

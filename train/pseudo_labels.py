@@ -147,19 +147,18 @@ def free_space_violation_mm(joints: torch.Tensor, radii: torch.Tensor, depth: to
     return torch.where(inside, gap, torch.zeros_like(gap)).amax(dim=1).clamp_min(0)
 
 
-def predict_crops(net: torch.nn.Module, images: torch.Tensor, crop: Crop,
-                  copies: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def predict_crops(net: torch.nn.Module, images: torch.Tensor, crop: Crop, copies: list[tuple[float, float]],
+                  spread: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Crop depth (N, 1, S, S) -> joints (N, J, 3): the per-coordinate median of the network's joints over the
     crop's ``copies`` ((turn, scale) each, :meth:`PseudoLabelConfig.crop_copies`), each mapped back to the
-    crop; and the heatmaps' spread (N, J) px, their mean (None where the network has no heatmaps)."""
+    crop; and with ``spread`` the heatmaps' spread (N, J) px, its mean over the copies (else None)."""
     joints, spreads = [], []
     for turn, scale in copies:
         output = net(turn_and_scale_depth(images, crop, turn, scale) if (turn, scale) != (0.0, 1.0) else images)
         joints.append(turn_and_scale_points(output.joints.float(), -turn, 1.0 / scale))
-        if output.heatmaps:
+        if spread:
             spreads.append(heatmap_spread_px(output.heatmaps[-1].float(), net.cell_centres_px))
-    spread = torch.stack(spreads).mean(0) if spreads else None
-    return torch.stack(joints).median(dim=0).values, spread
+    return torch.stack(joints).median(dim=0).values, torch.stack(spreads).mean(0) if spread else None
 
 
 def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: torch.Tensor,
@@ -172,7 +171,8 @@ def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: 
     make it small)."""
     frames, views, size = depth.shape[0], depth.shape[1], depth.shape[-1]
     with torch.no_grad():
-        predicted, spread_px = predict_crops(net, depth.reshape(-1, 1, size, size), crop, cfg.crop_copies())
+        predicted, spread_px = predict_crops(net, depth.reshape(-1, 1, size, size), crop, cfg.crop_copies(),
+                                             spread=cfg.fusion == "confidence")
         network = predicted.reshape(frames, views, -1, 3)
     to_views = invert_transform(cams)
 
@@ -183,9 +183,7 @@ def fit_frames(net: torch.nn.Module, losses: Losses, depth: torch.Tensor, cams: 
         return losses.real_cost(RealInputs([per_view(joints)], [], depth, cams, None, None, consistency_phase=True))
 
     common, fused = fuse_views(network, cams)  # (B, V, J, 3) and (B, 1, J, 3), view 1's frame
-    if cfg.fusion == "confidence":
-        if spread_px is None:
-            raise ValueError("fusion=confidence needs a network with heatmaps")
+    if spread_px is not None:  # confidence fusion
         fused = fuse_by_confidence(common, spread_px.reshape(frames, views, -1))
     start = fused if cfg.fuse else common
     joints = start.clone().requires_grad_(True)
